@@ -1,0 +1,115 @@
+"""Codec benchmark: bytes on the wire and encode+decode throughput on one pipeline boundary.
+
+    python -m bench.compression [--out bench/results/compression.json] [--reps 7]
+
+(1) Wire table: payload bytes and payload/raw ratio of each codec for a GPT-2-small boundary
+    tensor [b=1, s=1024, h=768] in bf16 and fp32 (pure arithmetic: payload_nbytes, checked
+    against a real encode).
+(2) Throughput: encode + decode, in GB/s of the raw tensor, next to a plain x.clone() of the
+    same tensor measured in the same run (median of --reps after one warm-up), on CPU and,
+    when available, CUDA (synchronised around each timing).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from megaclap.compression.codecs import parse_codec
+
+CODECS = ["identity", "cast:bf16", "cast:fp16", "topk:0.1", "topk:0.01", "randk:0.1",
+          "quant:8", "quant:4", "quant:2"]
+SHAPE = (1, 1024, 768)  # [b, s, h]: GPT-2 small, one sequence
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+TOPK_CHUNK_SLACK = 1e-4  # topk keeps ceil(0.1 * 65536) = 6554 per chunk: 0.20001x, not 0.2x
+
+
+def wire_table() -> list:
+    """Payload bytes and ratio per (dtype, codec); asserts the headline ratios."""
+    rows = []
+    for dname, dtype in DTYPES.items():
+        x = torch.randn(SHAPE).to(dtype)
+        raw = x.numel() * x.element_size()
+        for spec in CODECS:
+            codec = parse_codec(spec)
+            nbytes = codec.payload_nbytes(SHAPE, dtype)
+            assert codec.encode(x, seed=0).numel() == nbytes
+            rows.append({"dtype": dname, "codec": spec, "raw_bytes": raw, "payload_bytes": nbytes,
+                         "ratio": nbytes / raw})
+    ratio = {(r["dtype"], r["codec"]): r["ratio"] for r in rows}
+    assert ratio[("bf16", "topk:0.1")] <= 0.2 + TOPK_CHUNK_SLACK, ratio[("bf16", "topk:0.1")]
+    assert ratio[("bf16", "quant:4")] <= 0.27, ratio[("bf16", "quant:4")]
+    return rows
+
+
+def _median_seconds(fn, device: torch.device, reps: int) -> float:
+    """Median wall time of fn() over reps runs after one warm-up (CUDA-synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def throughput_table(device: torch.device, reps: int) -> list:
+    """GB/s of raw tensor for encode+decode of each codec, and for x.clone() (baseline)."""
+    rows = []
+    for dname, dtype in DTYPES.items():
+        x = torch.randn(SHAPE, device=device).to(dtype)
+        raw = x.numel() * x.element_size()
+        secs = _median_seconds(x.clone, device, reps)
+        rows.append({"device": device.type, "dtype": dname, "codec": "x.clone()", "ms": secs * 1e3,
+                     "gbps": raw / secs / 1e9})
+        for spec in CODECS:
+            codec, seeds = parse_codec(spec), iter(range(1 << 30))
+
+            def round_trip(codec=codec, seeds=seeds):  # a new seed per step, as in training
+                seed = next(seeds)
+                return codec.decode(codec.encode(x, seed=seed), SHAPE, dtype, seed=seed)
+
+            secs = _median_seconds(round_trip, device, reps)
+            rows.append({"device": device.type, "dtype": dname, "codec": spec, "ms": secs * 1e3,
+                         "gbps": raw / secs / 1e9})
+    return rows
+
+
+def print_table(title: str, rows: list, cols: list) -> None:
+    print(f"\n{title}")
+    print("  ".join(f"{c:>13}" for c in cols))
+    for r in rows:
+        cells = [f"{r[c]:>13.4f}" if isinstance(r[c], float) else f"{r[c]:>13}" for c in cols]
+        print("  ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/compression.json")
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    wire = wire_table()
+    print_table(f"(1) wire bytes, boundary tensor {list(SHAPE)}", wire,
+                ["dtype", "codec", "raw_bytes", "payload_bytes", "ratio"])
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    speed = [row for dev in devices for row in throughput_table(dev, args.reps)]
+    print_table(f"(2) encode+decode throughput, GB/s of raw tensor (median of {args.reps})", speed,
+                ["device", "dtype", "codec", "ms", "gbps"])
+    result = {"shape": list(SHAPE), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+              "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+              "wire": wire, "throughput": speed}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

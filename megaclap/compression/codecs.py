@@ -1,0 +1,280 @@
+"""Codecs: a tensor <-> ONE contiguous uint8 payload.
+
+A payload's size is a pure function of (shape, dtype, codec), so a receiver can preallocate
+it without a size handshake. Every codec is stateless; the randomised ones (randk, quant with
+stochastic rounding) take a per-call integer seed that sender and receiver derive alike.
+
+Payload layouts (n = numel, D = shape[-1], s = itemsize of the tensor's dtype):
+
+    identity      x as raw bytes                                   n * s
+    cast:T        x.to(T) as raw bytes                             n * 2
+    topk:R        values [k] (dtype) | in-chunk indices [k] (u16)  k * (s + 2)
+                  k = sum over 65536-element chunks of ceil(R * chunk_len)
+    randk:R[:scale]  values [k] (dtype); indices from the seed     k * s,  k = ceil(R * n)
+    quant:B[:sr]  per-channel scales [D] (fp32) | codes bit-packed 4 * D + ceil(n * B / 8)
+
+Parts are concatenated in the order shown; each part starts at an offset that is a multiple
+of its element size when the payload itself starts aligned (a caller that embeds a payload at
+an odd offset still decodes correctly: unaligned parts are copied before being re-viewed).
+Byte order is the platform's (little-endian on every supported CPU and GPU).
+"""
+
+import math
+
+import torch
+
+CHUNK = 65536
+CODEC_HELP = "identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8)"
+_CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _as_dtype(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Reinterpret a 1-D uint8 slice as `dtype`, copying it first if its offset is unaligned."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if part.storage_offset() % size:
+        part = part.clone()
+    return part.view(dtype)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """Flat uint8 view of a tensor's bytes (a copy only if t is not contiguous)."""
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed % (1 << 63))
+
+
+def _ceil_frac(ratio: float, n: int) -> int:
+    """ceil(ratio * n), robust to float noise such as 0.1 * 30 = 3.0000000000000004."""
+    return min(n, math.ceil(round(ratio * n, 9)))
+
+
+class Codec:
+    """Base class: `spec` is the string it was parsed from."""
+
+    spec = "?"
+
+    def payload_nbytes(self, shape, dtype: torch.dtype) -> int:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, payload: torch.Tensor, shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def is_lossless(self, dtype: torch.dtype) -> bool:
+        """True when decode(encode(x)) == x bit for bit for tensors of this dtype."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+class IdentityCodec(Codec):
+    spec = "identity"
+
+    def payload_nbytes(self, shape, dtype):
+        return _numel(shape) * torch.empty((), dtype=dtype).element_size()
+
+    def encode(self, x, seed=0):
+        return _bytes(x)
+
+    def decode(self, payload, shape, dtype, seed=0):
+        return _as_dtype(payload, dtype).reshape(shape).clone()
+
+    def is_lossless(self, dtype):
+        return True
+
+
+class CastCodec(Codec):
+    def __init__(self, target: str):
+        self.spec, self.target = f"cast:{target}", _CASTS[target]
+
+    def payload_nbytes(self, shape, dtype):
+        return _numel(shape) * torch.empty((), dtype=self.target).element_size()
+
+    def encode(self, x, seed=0):
+        return _bytes(x.to(self.target))
+
+    def decode(self, payload, shape, dtype, seed=0):
+        return _as_dtype(payload, self.target).reshape(shape).to(dtype, copy=True)
+
+    def is_lossless(self, dtype):
+        return dtype == self.target
+
+
+class TopKCodec(Codec):
+    """Per 65536-element chunk of the flattened tensor, keep the ceil(R * len) largest |x|."""
+
+    def __init__(self, ratio: float, spec: str):
+        self.spec, self.ratio = spec, ratio
+
+    def _split(self, n: int):
+        """(full chunks, k per full chunk, remainder length, k of the remainder chunk)."""
+        full, rem = divmod(n, CHUNK)
+        return full, _ceil_frac(self.ratio, CHUNK), rem, _ceil_frac(self.ratio, rem)
+
+    def num_kept(self, n: int) -> int:
+        full, kf, _, kr = self._split(n)
+        return full * kf + kr
+
+    def payload_nbytes(self, shape, dtype):
+        size = torch.empty((), dtype=dtype).element_size()
+        return self.num_kept(_numel(shape)) * (size + 2)
+
+    def encode(self, x, seed=0):
+        flat = x.reshape(-1)  # [n]
+        full, kf, rem, kr = self._split(flat.numel())
+        values, indices = [], []
+        if full:
+            body = flat[: full * CHUNK].view(full, CHUNK)  # [full, CHUNK]
+            idx = body.abs().topk(kf, dim=1, sorted=False).indices  # [full, kf]
+            values.append(body.gather(1, idx).reshape(-1))
+            indices.append(idx.reshape(-1))
+        if rem:
+            tail = flat[full * CHUNK:]  # [rem]
+            idx = tail.abs().topk(kr, sorted=False).indices  # [kr]
+            values.append(tail[idx])
+            indices.append(idx)
+        # in-chunk indices < 65536 stored as 16-bit (int16 wraps; decode masks back to u16)
+        idx16 = torch.cat(indices).to(torch.int16)
+        return torch.cat([_bytes(torch.cat(values)), _bytes(idx16)])
+
+    def decode(self, payload, shape, dtype, seed=0):
+        n = _numel(shape)
+        full, kf, rem, kr = self._split(n)
+        k = full * kf + kr
+        nval = k * torch.empty((), dtype=dtype).element_size()
+        values = _as_dtype(payload[:nval], dtype)  # [k]
+        idx = _as_dtype(payload[nval:], torch.int16).to(torch.int64) & 0xFFFF  # [k]
+        chunk = (torch.arange(k, device=payload.device) // kf).clamp_(max=full)  # [k]
+        idx = idx + chunk * CHUNK
+        out = torch.zeros(n, dtype=dtype, device=payload.device)
+        out[idx] = values  # indices are unique, so this is deterministic
+        return out.reshape(shape)
+
+
+class RandKCodec(Codec):
+    """k = ceil(R * n) random positions from the shared seed; only the values travel."""
+
+    def __init__(self, ratio: float, scale: bool, spec: str):
+        self.spec, self.ratio, self.scale = spec, ratio, scale
+        self._memo = (None, None)  # last (key, indices): the sender decodes right after encoding
+
+    def indices(self, n: int, seed: int, device) -> torch.Tensor:
+        """The k positions for this seed: identical on sender and receiver (same device type)."""
+        device = torch.device(device)
+        key = (n, seed, device)
+        if self._memo[0] != key:
+            perm = torch.randperm(n, generator=_generator(device, seed), device=device)
+            self._memo = (key, perm[: _ceil_frac(self.ratio, n)])
+        return self._memo[1]
+
+    def payload_nbytes(self, shape, dtype):
+        n = _numel(shape)
+        return _ceil_frac(self.ratio, n) * torch.empty((), dtype=dtype).element_size()
+
+    def encode(self, x, seed=0):
+        flat = x.reshape(-1)
+        return _bytes(flat[self.indices(flat.numel(), seed, x.device)])
+
+    def decode(self, payload, shape, dtype, seed=0):
+        n = _numel(shape)
+        idx = self.indices(n, seed, payload.device)
+        values = _as_dtype(payload, dtype)
+        if self.scale:
+            values = values * (n / idx.numel())
+        out = torch.zeros(n, dtype=dtype, device=payload.device)
+        out[idx] = values
+        return out.reshape(shape)
+
+
+class QuantCodec(Codec):
+    """Symmetric B-bit quantisation with one fp32 absmax scale per channel (last dim).
+
+    Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
+    q + qmax in B bits, 8 // B codes per byte, lowest bits first.
+    """
+
+    def __init__(self, bits: int, stochastic: bool, spec: str):
+        self.spec, self.bits, self.stochastic = spec, bits, stochastic
+        self.qmax = 2 ** (bits - 1) - 1
+
+    @staticmethod
+    def _channels(shape) -> int:
+        return shape[-1] if len(shape) else 1
+
+    def payload_nbytes(self, shape, dtype):
+        return 4 * self._channels(shape) + math.ceil(_numel(shape) * self.bits / 8)
+
+    def encode(self, x, seed=0):
+        d = self._channels(x.shape)
+        xf = x.reshape(-1, d).float()  # [rows, D]
+        scale = xf.abs().amax(dim=0)  # [D]
+        inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
+        y = xf * inv
+        if self.stochastic:
+            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device)
+            q = torch.floor(y + noise)
+        else:
+            q = torch.round(y)
+        codes = (q.clamp_(-self.qmax, self.qmax) + self.qmax).to(torch.uint8).reshape(-1)
+        return torch.cat([_bytes(scale), self._pack(codes)])
+
+    def decode(self, payload, shape, dtype, seed=0):
+        d, n = self._channels(shape), _numel(shape)
+        scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
+        q = self._unpack(payload[4 * d:], n).float() - self.qmax  # [n]
+        out = q.reshape(-1, d) * (scale / self.qmax)  # [rows, D]
+        return out.to(dtype).reshape(shape)
+
+    def _pack(self, codes: torch.Tensor) -> torch.Tensor:
+        per = 8 // self.bits
+        pad = (-codes.numel()) % per
+        if pad:
+            codes = torch.cat([codes, codes.new_zeros(pad)])
+        cols = codes.view(-1, per)  # [nbytes, per]
+        packed = cols[:, 0].clone()
+        for j in range(1, per):  # at most 4 bit positions, each a vectorised op
+            packed |= cols[:, j] << (self.bits * j)
+        return packed
+
+    def _unpack(self, packed: torch.Tensor, n: int) -> torch.Tensor:
+        per, mask = 8 // self.bits, (1 << self.bits) - 1
+        cols = [(packed >> (self.bits * j)) & mask for j in range(per)]
+        return torch.stack(cols, dim=1).reshape(-1)[:n]  # [n] uint8
+
+
+def _parse_ratio(text: str, spec: str, flag: str) -> float:
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = float("nan")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"{flag} {spec!r}: the ratio R must satisfy 0 < R <= 1 (allowed: {CODEC_HELP})")
+    return ratio
+
+
+def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec:
+    """Parse a codec spec string; raise ValueError naming `flag` and the allowed values."""
+    parts = str(spec).strip().lower().split(":")
+    name, args = parts[0], parts[1:]
+    if name == "identity" and not args:
+        return IdentityCodec()
+    if name == "cast" and len(args) == 1 and args[0] in _CASTS:
+        return CastCodec(args[0])
+    if name == "topk" and len(args) == 1:
+        return TopKCodec(_parse_ratio(args[0], spec, flag), spec)
+    if name == "randk" and len(args) in (1, 2) and args[1:] in ([], ["scale"]):
+        return RandKCodec(_parse_ratio(args[0], spec, flag), len(args) == 2, spec)
+    if name == "quant" and len(args) in (1, 2) and args[1:] in ([], ["sr"]):
+        if args[0] not in ("2", "4", "8"):
+            raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
+        return QuantCodec(int(args[0]), len(args) == 2, spec)
+    raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")

@@ -1,0 +1,103 @@
+"""Start-up validation of a MegaclapConfig: one rule, one one-line message naming the flag."""
+from __future__ import annotations
+
+import warnings
+
+from megaclap.config import ConfigError, MegaclapConfig
+
+CHOICES = {
+    "position_embedding_type": ("--position-embedding-type", ("learned_absolute", "rope")),
+    "normalization": ("--normalization", ("LayerNorm", "RMSNorm")),
+    "recompute_granularity": ("--recompute-granularity", (None, "full")),
+    "lr_decay_style": ("--lr-decay-style", ("constant", "linear", "cosine")),
+    "pipeline_schedule": ("--pipeline-schedule", ("1f1b", "gpipe")),
+    "distributed_backend": ("--distributed-backend", (None, "gloo", "nccl")),
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choices(cfg: MegaclapConfig) -> None:
+    for section in (cfg.model, cfg.parallel, cfg.optim):
+        for name, (flag, allowed) in CHOICES.items():
+            if hasattr(section, name):
+                value = getattr(section, name)
+                _check(value in allowed, f"{flag} {value!r} is not one of {[a for a in allowed if a]}")
+
+
+def _check_model(cfg: MegaclapConfig, tp: int) -> None:
+    m = cfg.model
+    _check(m.vocab_size is not None and m.vocab_size > 0,
+           "--vocab-size is required (with --mock-data, or a tokenizer that does not give it)")
+    _check(m.hidden_size % m.num_attention_heads == 0,
+           f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads {m.num_attention_heads}")
+    _check(m.num_attention_heads % tp == 0,
+           f"--num-attention-heads {m.num_attention_heads} is not divisible by --tensor-model-parallel-size {tp}")
+    if m.group_query_attention:
+        _check(m.num_query_groups is not None and m.num_query_groups > 0,
+               "--group-query-attention needs --num-query-groups")
+        _check(m.num_attention_heads % m.num_query_groups == 0,
+               f"--num-attention-heads {m.num_attention_heads} is not divisible by "
+               f"--num-query-groups {m.num_query_groups}")
+    _check(m.query_groups % tp == 0,
+           f"--num-query-groups {m.query_groups} is not divisible by --tensor-model-parallel-size {tp}")
+    _check(m.ffn % tp == 0, f"--ffn-hidden-size {m.ffn} is not divisible by --tensor-model-parallel-size {tp}")
+    if m.max_position_embeddings is None:
+        m.max_position_embeddings = m.seq_length
+    if m.position_embedding_type == "learned_absolute":
+        _check(m.seq_length <= m.max_position_embeddings,
+               f"--seq-length {m.seq_length} exceeds --max-position-embeddings {m.max_position_embeddings} "
+               "(learned positions); raise --max-position-embeddings")
+    _check(0.0 <= m.hidden_dropout < 1 and 0.0 <= m.attention_dropout < 1,
+           "--hidden-dropout and --attention-dropout must be in [0, 1)")
+
+
+def _check_layers(cfg: MegaclapConfig, pp: int) -> None:
+    from megaclap.model.stages import layer_ranges
+    layer_ranges(cfg.model.num_layers, pp, cfg.parallel.decoder_first_pipeline_num_layers,
+                 cfg.parallel.decoder_last_pipeline_num_layers)
+
+
+def _check_batches(cfg: MegaclapConfig, dp: int) -> None:
+    t = cfg.train
+    if t.global_batch_size is None:
+        t.global_batch_size = t.micro_batch_size * dp
+    _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+           f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+           f"{t.micro_batch_size} x data-parallel size {dp}")
+    _check(t.train_iters > 0, "--train-iters must be positive")
+    _check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+
+
+def _check_precision(cfg: MegaclapConfig) -> None:
+    _check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
+    if cfg.optim.lr_decay_iters is None:
+        cfg.optim.lr_decay_iters = cfg.train.train_iters
+    _check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
+
+
+def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
+    """Validate in place (filling derived defaults); raise ConfigError with the flag to change."""
+    p = cfg.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    _check(tp >= 1 and pp >= 1, "--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+    _check(world_size % (tp * pp) == 0,
+           f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+           f"--pipeline-model-parallel-size {pp}; change --nproc_per_node/--nnodes or the parallel sizes")
+    dp = world_size // (tp * pp)
+    _check_choices(cfg)
+    _check_model(cfg, tp)
+    _check_layers(cfg, pp)
+    _check_batches(cfg, dp)
+    _check_precision(cfg)
+    try:
+        cfg.data.validate()
+        cfg.compression.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if pp == 1 and cfg.compression.method != "none":
+        warnings.warn(f"--pp-compression-method {cfg.compression.method} with "
+                      "--pipeline-model-parallel-size 1: there is no stage boundary, nothing to compress")

@@ -1,0 +1,243 @@
+"""build_data_sources: from a DataConfig to train/valid/test batch sources.
+
+    train   few-epoch (default) or online sampler, with lazy sampling on top
+    valid   few-epoch sampler cycling forever over the valid split, always fresh
+    test    same over the test split
+
+Each source yields this data-parallel rank's contiguous slice [r*B/dp, (r+1)*B/dp) of
+every global batch of B samples. Sample ids are unique within a split; mock data also
+keeps valid/test ids (and so their tokens) disjoint from train's.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .blended import BlendedDataset, ShardStream
+from .gpt_dataset import MockGPTDataset, build_split_dataset
+from .indexed_dataset import IndexedDataset
+from .samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule, OnlineSampler,
+                       RangeSource)
+
+MOCK_TRAIN_SAMPLES = 2**20
+MOCK_EVAL_SAMPLES = 2**16
+
+
+@dataclass
+class GlobalBatch:
+    """This rank's share of one global batch.
+
+    fresh: False when lazy sampling repeats the previous global batch exactly.
+    sample_ids: LongTensor [B/dp], global ids within the split.
+    tokens: LongTensor [B/dp, seq_length + 1], or None when tokens are not loaded.
+    """
+
+    fresh: bool
+    sample_ids: torch.Tensor
+    tokens: torch.Tensor = None
+
+    def microbatches(self, micro_batch_size):
+        """[(tokens [mbs, s+1] | None, sample_ids [mbs])] in order."""
+        n = len(self.sample_ids)
+        if micro_batch_size < 1 or n % micro_batch_size:
+            raise ValueError(f"--micro-batch-size {micro_batch_size} must divide the per-rank "
+                             f"batch {n}")
+        out = []
+        for i in range(0, n, micro_batch_size):
+            toks = None if self.tokens is None else self.tokens[i:i + micro_batch_size]
+            out.append((toks, self.sample_ids[i:i + micro_batch_size]))
+        return out
+
+
+class BatchSource:
+    """Global batches of one split, sliced for one data-parallel rank."""
+
+    def __init__(self, sampler, dataset, dp_rank, dp_size, load_tokens=True, id_offset=0):
+        self.sampler, self.dataset = sampler, dataset
+        self.dp_rank, self.dp_size, self.load_tokens = dp_rank, dp_size, load_tokens
+        self.id_offset = id_offset
+        self._last = None
+
+    def next_batch(self):
+        """This rank's GlobalBatch for the next step; raises DataExhausted at the end."""
+        ids, fresh = self.sampler.next()
+        if not fresh and self._last is not None:
+            return GlobalBatch(False, self._last.sample_ids, self._last.tokens)
+        per_rank = len(ids) // self.dp_size
+        local = ids[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]   # [B/dp]
+        tokens = None
+        if self.load_tokens:
+            tokens = torch.from_numpy(self.dataset.get_batch(local))         # [B/dp, s+1]
+        self._last = GlobalBatch(fresh, torch.from_numpy(local + self.id_offset), tokens)
+        return self._last
+
+    @property
+    def distinct_samples_seen(self):
+        """Distinct samples drawn so far across all data-parallel ranks."""
+        return self.sampler.distinct_samples_seen
+
+    @property
+    def consumed_samples(self):
+        """Samples drawn so far (fresh steps x global batch), all ranks."""
+        return self.sampler.base.consumed
+
+    @property
+    def step(self):
+        return self.sampler.step
+
+    def state_dict(self):
+        """Exact resume cursor (independent of dp size)."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, sd):
+        self.sampler.load_state_dict(sd)
+        self._last = None
+
+    def reset(self):
+        """Rewind to the first batch (e.g. to evaluate on the same batches every time)."""
+        self.load_state_dict(_initial_state(self.sampler))
+
+
+def _initial_state(sampler):
+    base = sampler.base.state_dict()
+    zero = {k: (torch.zeros(0, dtype=torch.int64) if k == "buffer" else 0)
+            for k in base if k != "kind"}
+    return {"step": 0, "last_ids": None, "base": {"kind": base["kind"], **zero}}
+
+
+@dataclass
+class DataSources:
+    """The three sources; valid/test are None when there is nothing to evaluate on."""
+
+    train: BatchSource
+    valid: BatchSource = None
+    test: BatchSource = None
+
+
+def parse_data_path(data_path):
+    """['A'] or ['A', 'B'] -> (prefixes, None); ['0.7', 'A', '0.3', 'B'] -> (prefixes, weights)."""
+    items = [p for p in data_path if p]
+    if not items:
+        return [], None
+
+    def is_number(s):
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    numeric = [is_number(s) for s in items[0::2]]
+    if len(items) % 2 == 0 and all(numeric):
+        weights, prefixes = [float(w) for w in items[0::2]], items[1::2]
+        if any(w <= 0 for w in weights):
+            raise ValueError(f"--data-path weights must be positive, got {weights}")
+        return prefixes, weights
+    if any(numeric):
+        raise ValueError(f"--data-path {' '.join(items)}: give either prefixes or "
+                         "'weight prefix' pairs, like --data-path 0.7 A 0.3 B")
+    return items, None
+
+
+def _blend(datasets, weights, cache_dir, wrap):
+    """One dataset from several; weights None blends in proportion to sizes."""
+    pairs = [(d, w) for d, w in zip(datasets, weights or [None] * len(datasets))
+             if d is not None]
+    if not pairs:
+        return None
+    if len(pairs) == 1:
+        return pairs[0][0]
+    ds = [d for d, _ in pairs]
+    w = [len(d) if weights is None else wt for d, wt in pairs]
+    if wrap:
+        size = sum(len(d) for d in ds)
+    else:  # largest blend in which no dataset is asked for more than it has
+        size = int(min(len(d) * sum(w) / wt for d, wt in pairs))
+    return BlendedDataset(ds, w, size, cache_dir=cache_dir, wrap=wrap)
+
+
+def _split_dataset(cfg, prefixes, weights, split_index, seq_length, seed, online=False):
+    datasets = [build_split_dataset(p, cfg.split, split_index, seq_length, seed,
+                                    shuffle=not online, cache_dir=cfg.data_cache_path)
+                for p in prefixes]
+    return _blend(datasets, weights, cfg.data_cache_path, wrap=not online)
+
+
+def _train_base_sampler(cfg, dataset, source, batch, seed, schedule, train_iters):
+    """Few-epoch or online base sampler for the train split."""
+    if cfg.online:
+        return OnlineSampler(source, batch, seed, cfg.shuffle_window)
+    n = len(dataset)
+    epochs = cfg.num_epochs
+    if train_iters is not None:
+        needed = schedule.count_fresh(train_iters) * batch
+        if epochs is None:
+            epochs = max(1, math.ceil(needed / n))
+        elif epochs * n < needed:
+            raise ValueError(f"--num-epochs {epochs} gives {epochs} x {n} samples but "
+                             f"--train-iters {train_iters} needs {needed}; raise --num-epochs "
+                             "or lower --train-iters")
+    return FewEpochSampler(n, batch, seed, epochs)
+
+
+def _real_datasets(cfg, seq_length, seed, want_eval):
+    """(train dataset, online id source, valid dataset, test dataset) from --data-path."""
+    prefixes, weights = parse_data_path(cfg.data_path)
+    for p in prefixes:
+        if not IndexedDataset.exists(p):
+            raise FileNotFoundError(f"--data-path {p}: {p}.bin / {p}.idx not found (give the "
+                                    "prefix written by tools/preprocess_data.py)")
+    train, source = None, None
+    if cfg.online and weights is None:   # shards in order, each opened when reached
+        source = ShardStream(len(prefixes), lambda i: build_split_dataset(
+            prefixes[i], cfg.split, 0, seq_length, seed, shuffle=False,
+            cache_dir=cfg.data_cache_path))
+        train = source
+    else:
+        train = _split_dataset(cfg, prefixes, weights, 0, seq_length, seed, online=cfg.online)
+        if train is None:
+            raise ValueError(f"--split {cfg.split} leaves no training documents")
+        source = RangeSource(len(train))
+    valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed) if want_eval else None
+    test = _split_dataset(cfg, prefixes, weights, 2, seq_length, seed) if want_eval else None
+    return train, source, valid, test
+
+
+def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_size,
+                       dp_rank=0, dp_size=1, train_iters=None, eval_iters=0,
+                       eval_interval=None, seed=1234, vocab_size=None, load_tokens=True):
+    """Train/valid/test BatchSources for one data-parallel rank (see docs/INTERFACES.md).
+
+    load_tokens=False (middle pipeline stages) yields ids and `fresh` only; eval_iters=0
+    skips valid/test. eval_interval is accepted for Megatron parity; evaluation sources
+    cycle, so it does not size anything.
+    """
+    data_cfg.validate()
+    if global_batch_size % (micro_batch_size * dp_size):
+        raise ValueError(f"--global-batch-size {global_batch_size} must be a multiple of "
+                         f"--micro-batch-size x data-parallel size = {micro_batch_size * dp_size}")
+    schedule = LazySchedule(seed, data_cfg.lazy_sampling_prob, data_cfg.lazy_sampling_period)
+    want_eval = bool(eval_iters)
+    offsets = (0, 0, 0)
+    if data_cfg.mock_data:
+        train = MockGPTDataset(MOCK_TRAIN_SAMPLES, seq_length, vocab_size, seed)
+        source = RangeSource(len(train))
+        offsets = (0, MOCK_TRAIN_SAMPLES, MOCK_TRAIN_SAMPLES + MOCK_EVAL_SAMPLES)
+        valid, test = [MockGPTDataset(MOCK_EVAL_SAMPLES, seq_length, vocab_size, seed, off)
+                       if want_eval else None for off in offsets[1:]]
+    else:
+        train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval)
+    base = _train_base_sampler(data_cfg, train, source, global_batch_size, seed, schedule,
+                               train_iters)
+    sources = [BatchSource(GlobalBatchSampler(base, schedule), train, dp_rank, dp_size,
+                           load_tokens)]
+    for ds, off in zip((valid, test), offsets[1:]):
+        if ds is None:
+            sources.append(None)
+            continue
+        sampler = GlobalBatchSampler(FewEpochSampler(len(ds), global_batch_size, seed),
+                                     LazySchedule(seed))
+        sources.append(BatchSource(sampler, ds, dp_rank, dp_size, load_tokens, off))
+    return DataSources(*sources)

@@ -1,0 +1,107 @@
+"""DataConfig: what to read and how to sample it, with Megatron-LM flag names."""
+
+from dataclasses import dataclass, field, fields
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer",
+                   "HuggingFaceTokenizer", "NullTokenizer")
+
+
+@dataclass
+class DataConfig:
+    """Data sources, splits and samplers (see DESIGN.md section 5)."""
+
+    data_path: list = field(default_factory=list)
+    """--data-path: dataset prefixes (`<prefix>.bin/.idx`), optionally weighted:
+    `A`, `A B` (blended by size) or `0.7 A 0.3 B` (blended by weight)."""
+
+    split: str = "949,50,1"
+    """--split: train,valid,test weights; each prefix is split by document."""
+
+    data_cache_path: str = None
+    """--data-cache-path: directory for cached index arrays (None: rebuilt in memory)."""
+
+    mock_data: bool = False
+    """--mock-data: synthetic Markov-chain tokens instead of --data-path (no I/O)."""
+
+    online: bool = False
+    """--online: one pass over the data in order, shuffled within --shuffle-window,
+    never revisiting a sample; training stops when the stream runs out."""
+
+    shuffle_window: int = 10000
+    """--shuffle-window: samples held in the online shuffle buffer."""
+
+    num_epochs: int = None
+    """--num-epochs: epochs of the few-epoch sampler (default: as many as --train-iters needs)."""
+
+    lazy_sampling_prob: float = None
+    """--lazy-sampling-prob: draw a fresh global batch with this probability per step,
+    else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training."""
+
+    lazy_sampling_period: int = None
+    """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
+
+    tokenizer_type: str = None
+    """--tokenizer-type: SentencePieceTokenizer, HuggingFaceTokenizer or NullTokenizer."""
+
+    tokenizer_model: str = None
+    """--tokenizer-model: sentencepiece .model, or tokenizer.json (or its directory)."""
+
+    def validate(self):
+        """Raise ValueError with a one-line message naming the flag to change."""
+        if self.mock_data and self.data_path:
+            raise ValueError("--mock-data and --data-path are exclusive; drop one")
+        if not self.mock_data and not self.data_path:
+            raise ValueError("no training data: pass --data-path PREFIX or --mock-data")
+        from .gpt_dataset import parse_split   # numpy only; keeps this module light
+        parse_split(self.split)
+        if self.data_path:
+            from .builder import parse_data_path
+            parse_data_path(self.data_path)
+        if self.shuffle_window < 1:
+            raise ValueError(f"--shuffle-window {self.shuffle_window}: must be >= 1")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"--num-epochs {self.num_epochs}: must be >= 1")
+        if self.online and self.num_epochs is not None:
+            raise ValueError("--num-epochs applies to the few-epoch sampler; drop it or --online")
+        if self.lazy_sampling_prob is not None and self.lazy_sampling_period is not None:
+            raise ValueError("--lazy-sampling-prob and --lazy-sampling-period are exclusive; "
+                             "drop one")
+        if self.lazy_sampling_prob is not None and not 0.0 < self.lazy_sampling_prob <= 1.0:
+            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in (0, 1]")
+        if self.lazy_sampling_period is not None and self.lazy_sampling_period < 1:
+            raise ValueError(f"--lazy-sampling-period {self.lazy_sampling_period}: must be >= 1")
+        if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
+            raise ValueError(f"--tokenizer-type {self.tokenizer_type}: choose one of "
+                             f"{', '.join(TOKENIZER_TYPES)}")
+        if self.tokenizer_type not in (None, "NullTokenizer") and not self.tokenizer_model:
+            raise ValueError(f"--tokenizer-type {self.tokenizer_type} needs --tokenizer-model")
+
+    @classmethod
+    def from_args(cls, args):
+        """DataConfig from a namespace parsed with add_data_args."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def add_data_args(parser):
+    """Add the data flags (Megatron-LM names) to an argparse parser; returns the group."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=[],
+                   help="prefixes of .bin/.idx pairs, optionally weighted: 0.7 A 0.3 B")
+    g.add_argument("--split", default="949,50,1", help="train,valid,test weights by document")
+    g.add_argument("--data-cache-path", default=None, help="directory for cached index arrays")
+    g.add_argument("--mock-data", action="store_true", help="synthetic data, no --data-path")
+    g.add_argument("--online", action="store_true",
+                   help="one pass over the data, shuffled within --shuffle-window")
+    g.add_argument("--shuffle-window", type=int, default=10000,
+                   help="online shuffle buffer size in samples")
+    g.add_argument("--num-epochs", type=int, default=None,
+                   help="few-epoch sampler epochs (default: what --train-iters needs)")
+    g.add_argument("--lazy-sampling-prob", type=float, default=None,
+                   help="fresh global batch with this probability per step, else repeat")
+    g.add_argument("--lazy-sampling-period", type=int, default=None,
+                   help="fresh global batch every this many steps, else repeat")
+    g.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES)
+    g.add_argument("--tokenizer-model", default=None,
+                   help="sentencepiece .model, or HF tokenizer.json (or its directory)")
+    return g
+

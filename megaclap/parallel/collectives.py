@@ -1,0 +1,94 @@
+"""Paired tensor-parallel collectives: each forward's backward is its dual.
+
+    copy_to_tp      fwd: identity        bwd: all-reduce
+    reduce_from_tp  fwd: all-reduce      bwd: identity
+    gather_from_tp  fwd: all-gather(-1)  bwd: split(-1)
+    scatter_to_tp   fwd: split(-1)       bwd: all-gather(-1)
+
+All return their input unchanged when the group has one rank (tp=1 is plain PyTorch).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megaclap.parallel.state import GroupInfo
+
+
+def _all_reduce(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    x = x.contiguous()
+    dist.all_reduce(x, group=tp.group)
+    return x
+
+
+def _split_last(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    return x.chunk(tp.size, dim=-1)[tp.rank].contiguous()
+
+
+def _gather_last(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(tp.size)]
+    dist.all_gather(parts, x.contiguous(), group=tp.group)
+    return torch.cat(parts, dim=-1)
+
+
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_reduce(g.clone(), ctx.tp), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tp):
+        return _all_reduce(x.clone(), tp)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _GatherFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return _gather_last(x, tp)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _split_last(g, ctx.tp), None
+
+
+class _ScatterToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return _split_last(x, tp)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _gather_last(g, ctx.tp), None
+
+
+def _trivial(tp) -> bool:
+    return tp is None or tp.size == 1
+
+
+def copy_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    return x if _trivial(tp) else _CopyToTP.apply(x, tp)
+
+
+def reduce_from_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    return x if _trivial(tp) else _ReduceFromTP.apply(x, tp)
+
+
+def gather_from_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    return x if _trivial(tp) else _GatherFromTP.apply(x, tp)
+
+
+def scatter_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
+    return x if _trivial(tp) else _ScatterToTP.apply(x, tp)

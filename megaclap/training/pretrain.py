@@ -1,0 +1,60 @@
+"""Entry point behind examples/pretrain_gpt/pretrain_gpt.py (launch with torchrun)."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megaclap.arguments import parse_args
+from megaclap.config import ConfigError, MegaclapConfig
+
+
+def resolve_vocab_size(cfg: MegaclapConfig) -> None:
+    """Take --vocab-size from the tokenizer when one is given and the flag is not."""
+    if cfg.model.vocab_size is None and cfg.data.tokenizer_type and not cfg.data.mock_data:
+        from megaclap.data.tokenizers import build_tokenizer
+        cfg.model.vocab_size = build_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model).vocab_size
+
+
+def setup(argv: Optional[Sequence[str]] = None):
+    """Parse and validate on every rank before any collective, then join the job."""
+    from megaclap.parallel.state import initialize_distributed
+    cfg = parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    resolve_vocab_size(cfg)
+    cfg.validate(world_size)
+    p = cfg.parallel
+    pstate = initialize_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
+                                    p.distributed_timeout_minutes, p.distributed_backend)
+    return cfg, pstate
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from megaclap.training.checkpointing import Checkpointer
+    from megaclap.training.trainer import Trainer
+    try:
+        cfg, pstate = setup(argv)
+    except ConfigError as e:
+        print(f"megaclap: configuration error: {e}", file=sys.stderr)
+        return 2
+    if pstate.rank == 0:
+        print(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
+              f"pp {pstate.pp_size}, device {pstate.device.type}, "
+              f"{cfg.num_microbatches(pstate.world_size)} microbatches per step", flush=True)
+    trainer = Trainer(cfg, pstate, print_fn=lambda s: print(s, flush=True))
+    checkpointer = Checkpointer(cfg, pstate)
+    checkpointer.load(trainer)
+    trainer.train(checkpointer)
+    checkpointer.finish(trainer)
+    if trainer.data.test is not None and cfg.train.eval_iters > 0:
+        loss = trainer.evaluate(trainer.data.test)
+        if pstate.is_logging_rank:
+            from megaclap.training.logging import format_validation_line
+            print(format_validation_line(trainer.iteration, loss, prefix="test"), flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
