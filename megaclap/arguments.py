@@ -7,7 +7,7 @@ import typing
 from typing import Optional, Sequence
 
 from megaclap.compression.config import add_compression_args
-from megaclap.config import MegaclapConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from megaclap.config import ConfigError, MegaclapConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from megaclap.data.config import DataConfig, add_data_args
 from megaclap.compression.config import CompressionConfig
 
@@ -57,5 +57,8 @@ def _fill(cls, ns: argparse.Namespace):
 def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
     """Parse Megatron-style flags into a MegaclapConfig (not yet validated: call .validate(world))."""
     ns = build_parser().parse_args(argv)
-    parts = {name: _fill(cls, ns) for name, cls in SECTIONS}
-    return MegaclapConfig(data=_fill(DataConfig, ns), compression=_fill(CompressionConfig, ns), **parts)
+    try:
+        parts = {name: _fill(cls, ns) for name, cls in SECTIONS}
+        return MegaclapConfig(data=_fill(DataConfig, ns), compression=_fill(CompressionConfig, ns), **parts)
+    except ValueError as e:  # a section's own validation at construction
+        raise ConfigError(str(e)) from None

@@ -40,6 +40,7 @@ def train_worker(rank: int, world: int, argv: list[str], steps: int, evaluate: b
     grads = {tr.stage.global_name(n): (p.grad.clone(), getattr(p, "tp_partition", None))
              for n, p in tr.stage.named_parameters()}
     ps = tr.ps
-    return {"losses": losses if ps.is_last_stage else None, "grads": grads, "peaks": peaks,
+    params = {tr.stage.global_name(n): p.detach().clone() for n, p in tr.stage.named_parameters()}
+    return {"params": params, "losses": losses if ps.is_last_stage else None, "grads": grads, "peaks": peaks,
             "tp": (ps.tp_size, ps.tp_rank), "pp_rank": ps.pp_rank, "last": ps.is_last_stage,
             "eval": tr.evaluate() if evaluate else None}

@@ -15,7 +15,6 @@ ahead), so memory stays flat however large the corpus.
 """
 
 import argparse
-import itertools
 import multiprocessing
 import os
 import sys
@@ -54,11 +53,11 @@ class Encoder:
                 tokens = cls.tokenizer.tokenize(text) if text else []
                 if tokens and cls.args.append_eod:
                     tokens.append(eod)
-                ids[key].append(tokens)
+                ids[key].append(np.asarray(tokens, np.int32))   # 4 B/token, not a list
         out = {}
         for key, docs in ids.items():
             lengths = np.fromiter((len(d) for d in docs), np.int64, len(docs))
-            flat = np.fromiter(itertools.chain.from_iterable(docs), np.int32, int(lengths.sum()))
+            flat = np.concatenate(docs) if docs else np.zeros(0, np.int32)
             out[key] = (flat, lengths)
         return nbytes, len(records), out
 

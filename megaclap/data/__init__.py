@@ -1,11 +1,22 @@
 """Data pipeline: Megatron `.bin/.idx` corpora, GPT samples, and few-epoch/online/lazy samplers.
 
-See docs/INTERFACES.md ("Data -> training") and DESIGN.md section 5.
+See docs/INTERFACES.md ("Data -> training") and DESIGN.md section 5. The exports below are
+resolved on first use (PEP 562), so tools that only need the numpy parts
+(indexed_dataset, tokenizers) do not import torch.
 """
 
-from .builder import BatchSource, DataSources, GlobalBatch, build_data_sources
-from .config import DataConfig, add_data_args
-from .samplers import DataExhausted
+_EXPORTS = {
+    "build_data_sources": "builder", "GlobalBatch": "builder", "BatchSource": "builder",
+    "DataSources": "builder", "DataExhausted": "samplers", "DataConfig": "config",
+    "add_data_args": "config",
+}
 
-__all__ = ["build_data_sources", "GlobalBatch", "DataExhausted", "BatchSource", "DataSources",
-           "DataConfig", "add_data_args"]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

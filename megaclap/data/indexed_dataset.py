@@ -122,15 +122,19 @@ class IndexedDataset:
             self._bin = np.memmap(bpath, dtype=self.dtype, mode="r")
 
     def _check(self, ipath, bpath):
-        """Refuse empty datasets, bad document indices and a .bin shorter than its pointers."""
+        """Refuse empty datasets, bad document indices and a .bin shorter than its pointers.
+
+        O(1) checks only: opening a huge corpus must not page its whole index in.
+        """
         seqs, docs = len(self.sequence_lengths), self.document_indices
-        if seqs == 0 or len(docs) < 2 or int(self.sequence_lengths.sum(dtype=np.int64)) == 0:
+        end = 0 if seqs == 0 else \
+            int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
+        if seqs == 0 or len(docs) < 2 or end == 0:
             raise IndexedDatasetError(f"{ipath}: empty dataset (S={seqs} sequences, "
                                       f"D={len(docs)} document indices, no tokens)")
-        if docs[0] != 0 or docs[-1] > seqs or np.any(np.diff(docs) < 0):
+        if docs[0] != 0 or docs[-1] > seqs:
             raise IndexedDatasetError(f"{ipath}: bad document indices: they must rise from 0 "
                                       f"to at most S={seqs}")
-        end = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
         have = os.path.getsize(bpath)
         if have < end:
             raise IndexedDatasetError(f"{bpath}: .bin too short: {have} bytes, but the .idx "

@@ -106,7 +106,9 @@ class FewEpochSampler:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))
             rng = np.random.default_rng([self.seed, _TAG_EPOCH, epoch])
-            self._perms[epoch] = rng.permutation(self.num_samples)
+            ids = np.arange(self.num_samples, dtype=np.int32 if self.num_samples < 2**31 else np.int64)
+            rng.shuffle(ids)   # in place: no int64 temporary for int32-sized epochs
+            self._perms[epoch] = ids
         return self._perms[epoch]
 
     def next_global(self):

@@ -25,7 +25,8 @@ def evaluation_compression(c):
     """Evaluation's p2p: uncompressed by default; with --eval-with-compression the forward codec
     applied directly (what a biased codec imposes), never touching training's references."""
     method = "direct" if c.eval_with_compression and c.method != "none" else "none"
-    return dataclasses.replace(c, method=method, bwd_method="none")
+    return dataclasses.replace(c, method=method, bwd_method="none", bwd_codec="identity",
+                               fwd_codec=c.fwd_codec if method == "direct" else "identity")
 
 
 @dataclass

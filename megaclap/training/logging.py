@@ -19,7 +19,7 @@ def format_train_line(it: int, train_iters: int, consumed: int, ms_per_iter: flo
                       skipped: int, nans: int, tokens_per_s: float, extra: str = "") -> str:
     line = (f" iteration {it:8d}/{train_iters:8d} | consumed samples: {consumed:12d} |"
             f" elapsed time per iteration (ms): {ms_per_iter:.1f} |"
-            f" throughput per GPU (TFLOP/s/GPU): {tflops:.1f} | learning rate: {lr:.6E} |"
+            f" throughput per GPU (TFLOP/s/GPU): {tflops:.3f} | learning rate: {lr:.6E} |"
             f" global batch size: {gbs:5d} | lm loss: {loss:.6E} | loss scale: {loss_scale:.1f} |"
             f" grad norm: {grad_norm:.3f} | number of skipped iterations: {skipped:3d} |"
             f" number of nan iterations: {nans:3d} | tokens per second: {tokens_per_s:.1f} |")
