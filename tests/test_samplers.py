@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megaclap.data import DataConfig, DataExhausted, add_data_args, build_data_sources
-from megaclap.data.builder import parse_data_path
+from megaclap.data.config import parse_data_path
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder
 from megaclap.data.samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule,
                                     OnlineSampler, RangeSource)

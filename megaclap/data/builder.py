@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .blended import BlendedDataset, ShardStream
+from .config import parse_data_path
 from .gpt_dataset import MockGPTDataset, build_split_dataset
 from .indexed_dataset import IndexedDataset
 from .samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule, OnlineSampler,
@@ -114,31 +115,6 @@ class DataSources:
     train: BatchSource
     valid: BatchSource = None
     test: BatchSource = None
-
-
-def parse_data_path(data_path):
-    """['A'] or ['A', 'B'] -> (prefixes, None); ['0.7', 'A', '0.3', 'B'] -> (prefixes, weights)."""
-    items = [p for p in data_path if p]
-    if not items:
-        return [], None
-
-    def is_number(s):
-        try:
-            float(s)
-            return True
-        except ValueError:
-            return False
-
-    numeric = [is_number(s) for s in items[0::2]]
-    if len(items) % 2 == 0 and all(numeric):
-        weights, prefixes = [float(w) for w in items[0::2]], items[1::2]
-        if any(w <= 0 for w in weights):
-            raise ValueError(f"--data-path weights must be positive, got {weights}")
-        return prefixes, weights
-    if any(numeric):
-        raise ValueError(f"--data-path {' '.join(items)}: give either prefixes or "
-                         "'weight prefix' pairs, like --data-path 0.7 A 0.3 B")
-    return items, None
 
 
 def _blend(datasets, weights, cache_dir, wrap):

@@ -1,6 +1,9 @@
 """DataConfig: what to read and how to sample it, with Megatron-LM flag names."""
 
 from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+from .gpt_dataset import parse_split
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer",
                    "HuggingFaceTokenizer", "NullTokenizer")
@@ -10,14 +13,14 @@ TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer",
 class DataConfig:
     """Data sources, splits and samplers (see DESIGN.md section 5)."""
 
-    data_path: list = field(default_factory=list)
+    data_path: List[str] = field(default_factory=list)
     """--data-path: dataset prefixes (`<prefix>.bin/.idx`), optionally weighted:
     `A`, `A B` (blended by size) or `0.7 A 0.3 B` (blended by weight)."""
 
     split: str = "949,50,1"
     """--split: train,valid,test weights; each prefix is split by document."""
 
-    data_cache_path: str = None
+    data_cache_path: Optional[str] = None
     """--data-cache-path: directory for cached index arrays (None: rebuilt in memory)."""
 
     mock_data: bool = False
@@ -30,20 +33,20 @@ class DataConfig:
     shuffle_window: int = 10000
     """--shuffle-window: samples held in the online shuffle buffer."""
 
-    num_epochs: int = None
+    num_epochs: Optional[int] = None
     """--num-epochs: epochs of the few-epoch sampler (default: as many as --train-iters needs)."""
 
-    lazy_sampling_prob: float = None
+    lazy_sampling_prob: Optional[float] = None
     """--lazy-sampling-prob: draw a fresh global batch with this probability per step,
     else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training."""
 
-    lazy_sampling_period: int = None
+    lazy_sampling_period: Optional[int] = None
     """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
 
-    tokenizer_type: str = None
+    tokenizer_type: Optional[str] = None
     """--tokenizer-type: SentencePieceTokenizer, HuggingFaceTokenizer or NullTokenizer."""
 
-    tokenizer_model: str = None
+    tokenizer_model: Optional[str] = None
     """--tokenizer-model: sentencepiece .model, or tokenizer.json (or its directory)."""
 
     def validate(self):
@@ -52,10 +55,8 @@ class DataConfig:
             raise ValueError("--mock-data and --data-path are exclusive; drop one")
         if not self.mock_data and not self.data_path:
             raise ValueError("no training data: pass --data-path PREFIX or --mock-data")
-        from .gpt_dataset import parse_split   # numpy only; keeps this module light
         parse_split(self.split)
         if self.data_path:
-            from .builder import parse_data_path
             parse_data_path(self.data_path)
         if self.shuffle_window < 1:
             raise ValueError(f"--shuffle-window {self.shuffle_window}: must be >= 1")
@@ -80,6 +81,31 @@ class DataConfig:
     def from_args(cls, args):
         """DataConfig from a namespace parsed with add_data_args."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def parse_data_path(data_path):
+    """['A'] or ['A', 'B'] -> (prefixes, None); ['0.7', 'A', '0.3', 'B'] -> (prefixes, weights)."""
+    items = [p for p in data_path if p]
+    if not items:
+        return [], None
+
+    def is_number(s):
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    numeric = [is_number(s) for s in items[0::2]]
+    if len(items) % 2 == 0 and all(numeric):
+        weights, prefixes = [float(w) for w in items[0::2]], items[1::2]
+        if any(w <= 0 for w in weights):
+            raise ValueError(f"--data-path weights must be positive, got {weights}")
+        return prefixes, weights
+    if any(numeric):
+        raise ValueError(f"--data-path {' '.join(items)}: give either prefixes or "
+                         "'weight prefix' pairs, like --data-path 0.7 A 0.3 B")
+    return items, None
 
 
 def add_data_args(parser):

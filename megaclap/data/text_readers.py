@@ -83,8 +83,9 @@ def _parquet_chunks(path, keys, rows_per_chunk=1024):
     if missing:
         raise KeyError(f"{path}: no column {missing}; columns are {table.schema_arrow.names} "
                        "(set --json-keys)")
+    per_row = os.path.getsize(path) / max(table.metadata.num_rows, 1)   # file bytes per row
     for batch in table.iter_batches(batch_size=rows_per_chunk, columns=list(keys)):
-        yield "parquet", batch.to_pylist(), batch.nbytes
+        yield "parquet", batch.to_pylist(), int(per_row * batch.num_rows)
 
 
 def iter_chunks(files, keys, chunk_bytes=1 << 20):

@@ -1,0 +1,17 @@
+# GPT-2 760M (Megatron-LM / GPT-3 paper "Large": 24 layers, 1536 hidden, 16 heads).
+# Batch 512 x 1024 tokens = 0.5M tokens per step, LR from the GPT-3 paper.
+NUM_LAYERS=24
+HIDDEN_SIZE=1536
+NUM_ATTENTION_HEADS=16
+FFN_HIDDEN_SIZE=6144
+SEQ_LENGTH=1024
+MAX_POSITION_EMBEDDINGS=1024
+MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute"
+VOCAB_SIZE=50257         # GPT-2 BPE; used with --mock-data only
+PRECISION="--bf16"
+# One 8-GPU node: tp 1, pp 2 (one compressed boundary), dp 4.
+SUGGESTED_TP=1
+SUGGESTED_PP=2
+MICRO_BATCH_SIZE=4
+GLOBAL_BATCH_SIZE=512
+LR=2.5e-4
