@@ -5,6 +5,7 @@
 (1) Wire table: payload bytes and payload/raw ratio of each codec for a GPT-2-small boundary
     tensor [b=1, s=1024, h=768] in bf16 and fp32 (pure arithmetic: payload_nbytes, checked
     against a real encode).
+(3) Convergence: GPT-tiny at PP=2 for each method (bench/convergence.py).
 (2) Throughput: encode + decode, in GB/s of the raw tensor, next to a plain x.clone() of the
     same tensor measured in the same run (median of --reps after one warm-up), on CPU and,
     when available, CUDA (synchronised around each timing).
@@ -93,6 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/compression.json")
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--convergence-steps", type=int, default=300,
+                        help="steps of the PP=2 convergence table (0 skips it)")
+    parser.add_argument("--data-args", default="--mock-data",
+                        help="data flags for the convergence runs, e.g. '--data-path P --tokenizer-type ...'")
     args = parser.parse_args()
     torch.manual_seed(0)
     wire = wire_table()
@@ -102,7 +107,12 @@ def main() -> None:
     speed = [row for dev in devices for row in throughput_table(dev, args.reps)]
     print_table(f"(2) encode+decode throughput, GB/s of raw tensor (median of {args.reps})", speed,
                 ["device", "dtype", "codec", "ms", "gbps"])
-    result = {"shape": list(SHAPE), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+    convergence = []
+    if args.convergence_steps > 0:
+        from bench.convergence import convergence_table, print_convergence
+        convergence = convergence_table(args.convergence_steps, args.data_args.split())
+        print_convergence(convergence, args.convergence_steps)
+    result = {"convergence": convergence, "shape": list(SHAPE), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "wire": wire, "throughput": speed}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -46,8 +46,8 @@ def hf_model(kind: str, path: str, seed: int = 0, **overrides):
     return model
 
 
-def ids(n: int = 12, b: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 100, (b, n), generator=torch.Generator().manual_seed(seed))
+def ids(n: int = 12, b: int = 2, seed: int = 1, vocab: int = 100) -> torch.Tensor:
+    return torch.randint(0, vocab, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def logits_worker(rank: int, world: int, ckpt: str, tp: int, pp: int, tokens: torch.Tensor):

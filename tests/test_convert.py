@@ -156,3 +156,21 @@ def test_save_failure_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="decoder.final_layernorm.weight has shape"):
         io.save_checkpoint(str(tmp_path / "mc"), bad, cfg, 1, 1)
     assert not (tmp_path / "mc").exists()
+
+
+@pytest.mark.parametrize("resume_flag", ["--finetune", "--no-load-optim"])
+def test_training_loads_converted_checkpoint(resume_flag, tmp_path):
+    """The flags convert prints, plus --load, give a trainer holding the HF weights."""
+    from megaclap.training.checkpointing import Checkpointer
+    from tests.train_utils import make_trainer
+    hf_model("llama", tmp_path / "hf")
+    ckpt = to_megaclap("llama", tmp_path / "hf", tmp_path / "mc", 1, 1)
+    loaded = io.load_checkpoint(ckpt)
+    flags = tool("tools/checkpoint/convert.py").model_flags(loaded.cfg).split()
+    tr = make_trainer(0, 1, flags + ["--seq-length", "16", "--micro-batch-size", "2", "--train-iters", "2",
+                                     "--mock-data", "--load", ckpt, resume_flag])
+    Checkpointer(tr.cfg, tr.ps).load(tr)
+    assert tr.iteration == 0
+    for name, p in tr.stage.named_parameters():
+        assert torch.equal(p.detach()[: loaded.full[name].shape[0]], loaded.full[name]), name
+    assert torch.isfinite(torch.tensor(tr.train_step(tr.data.train.next_batch())["loss"]))

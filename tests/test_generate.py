@@ -71,3 +71,9 @@ def test_cli_null_tokenizer(tmp_path, capsys):
                                          "--max-new-tokens", "6", "--greedy", "--ignore-eod"])
     assert rc == 0
     assert capsys.readouterr().out.split() == [str(t) for t in _hf_greedy(model, 6)]
+
+
+def test_cli_errors(tmp_path, capsys):
+    main = tool("tools/generate.py").main
+    assert main(["--load", str(tmp_path / "none"), "--prompt", "1"]) == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err

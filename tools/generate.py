@@ -44,17 +44,26 @@ def main(argv=None) -> int:
 
     from megaclap.checkpoint.generate import checkpoint_layout, generate, load_for_inference
     from megaclap.parallel.state import initialize_distributed
+    from megaclap.training.checkpointing import CheckpointError
     args = build_parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    tp, pp = checkpoint_layout(args.load) if world > 1 else (1, 1)
+    try:
+        tp, pp = checkpoint_layout(args.load) if world > 1 else (1, 1)
+    except (CheckpointError, ValueError) as e:
+        print(f"generate: error: {e}", file=sys.stderr)
+        return 2
     if world % (tp * pp):
         print(f"generate: error: world size {world} is not a multiple of the checkpoint's tp {tp} x pp {pp}; "
               "launch torchrun with --nproc-per-node tp*pp, or run on one process", file=sys.stderr)
         return 2
     pstate = initialize_distributed(tp, pp)
-    stage = load_for_inference(args.load, pstate)
-    tok = build_tokenizer(args, stage.cfg.vocab_size)
-    prompt = tok.tokenize(args.prompt)
+    try:
+        stage = load_for_inference(args.load, pstate)
+        tok = build_tokenizer(args, stage.cfg.vocab_size)
+        prompt = tok.tokenize(args.prompt)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"generate: error: {e}", file=sys.stderr)
+        return 2
     new = generate(stage, prompt, args.max_new_tokens, pstate, greedy=args.greedy, temperature=args.temperature,
                    top_p=args.top_p, eod=None if args.ignore_eod else tok.eod, seed=args.seed)
     if pstate.rank == 0:
