@@ -77,3 +77,6 @@ def test_cli_errors(tmp_path, capsys):
     main = tool("tools/generate.py").main
     assert main(["--load", str(tmp_path / "none"), "--prompt", "1"]) == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
+    _, ckpt = _convert("gpt2", tmp_path, 1, 1)
+    assert main(["--load", ckpt, "--prompt", "3 100"]) == 2
+    assert "token ids in [0, 100)" in capsys.readouterr().err

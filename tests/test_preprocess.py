@@ -137,6 +137,11 @@ def test_bad_inputs_name_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match="--input"):
         preprocess_data.main(["--input", str(tmp_path / "*.jsonl"), "--output-prefix", "x",
                               "--tokenizer-type", "NullTokenizer", "--vocab-size", "5"])
+    (tmp_path / "bad.jsonl").write_text('{"text": "1 2"}\n{oops\n')
+    with pytest.raises(ValueError, match="bad JSON line"):
+        preprocess_data.main(["--input", str(tmp_path / "bad.jsonl"), "--output-prefix",
+                              str(tmp_path / "b"), "--tokenizer-type", "NullTokenizer",
+                              "--vocab-size", "5", "--log-interval", "0"])
     (tmp_path / "x.csv").write_text("a")
     with pytest.raises(ValueError, match="unsupported extension"):
         preprocess_data.main(["--input", str(tmp_path / "x.csv"), "--output-prefix", "x",

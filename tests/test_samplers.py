@@ -98,6 +98,19 @@ def test_online_shards_open_lazily_and_ids_are_global(tmp_path):
     assert train.distinct_samples_seen == len(seen) >= train.dataset.available - 8
 
 
+def test_online_weighted_blend_never_repeats(tmp_path):
+    a, _ = write_corpus(tmp_path / "a", 80, seed=1)
+    b, _ = write_corpus(tmp_path / "b", 40, seed=2)
+    cfg = DataConfig(data_path=["0.5", a, "0.5", b], split="1,0,0", online=True, shuffle_window=8)
+    train = sources(cfg, gbs=4).train
+    seen = []
+    with pytest.raises(DataExhausted):
+        while True:
+            seen.extend(train.next_batch().sample_ids.tolist())
+    owner = np.asarray(train.dataset.dataset_index)[seen]
+    assert len(seen) == len(set(seen)) and abs(owner.mean() - 0.5) < 0.05
+
+
 def test_lazy_probability_and_exact_repeats():
     p, steps = 0.3, 4000
     sched = LazySchedule(seed=5, prob=p)

@@ -60,12 +60,12 @@ def main(argv=None) -> int:
     try:
         stage = load_for_inference(args.load, pstate)
         tok = build_tokenizer(args, stage.cfg.vocab_size)
-        prompt = tok.tokenize(args.prompt)
+        new = generate(stage, tok.tokenize(args.prompt), args.max_new_tokens, pstate, greedy=args.greedy,
+                       temperature=args.temperature, top_p=args.top_p, eod=None if args.ignore_eod else tok.eod,
+                       seed=args.seed)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
-    new = generate(stage, prompt, args.max_new_tokens, pstate, greedy=args.greedy, temperature=args.temperature,
-                   top_p=args.top_p, eod=None if args.ignore_eod else tok.eod, seed=args.seed)
     if pstate.rank == 0:
         print(tok.detokenize(new), flush=True)
     if dist.is_initialized():

@@ -22,6 +22,10 @@ PYTHON=${PYTHON:-python}
 OUT_DIR=${OUT_DIR:-./runs/quickstart}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
+if [[ "$OUT_DIR" =~ [[:space:]] ]]; then    # paths travel inside whitespace-split *_ARGS strings
+    echo "quickstart: OUT_DIR '$OUT_DIR' must not contain spaces" >&2
+    exit 2
+fi
 
 # --- sizes: QUICK=1 is the CI run ------------------------------------------------------------
 if [[ "${QUICK:-0}" == 1 ]]; then
@@ -29,7 +33,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     TRAIN_ITERS=100; LOG_INTERVAL=10; EVAL_INTERVAL=50; EVAL_ITERS=2
     BATCH_ARGS=(--seq-length 64 --max-position-embeddings 64 --micro-batch-size 4 --global-batch-size 16)
 else
-    TAG=full; MAX_FILES=0; VOCAB=8192
+    TAG=full; MAX_FILES=0; VOCAB=4096
     TRAIN_ITERS=400; LOG_INTERVAL=20; EVAL_INTERVAL=100; EVAL_ITERS=5
     BATCH_ARGS=()                               # gpt-tiny's: seq 128, batch 32 of 8
 fi
@@ -75,7 +79,8 @@ WORLD=$((TP * 2))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / WORLD > 0 ? CORES / WORLD : 1 ))}
 FREE_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 step "pretraining gpt-tiny, TP=$TP PP=2 on $WORLD CPU processes, $TRAIN_ITERS steps -> $LOG"
-
+# The last stage also computes the output layer and the loss, so it gets 1 of the 4 layers
+# (--decoder-last-pipeline-num-layers) to balance the two stages.
 CONFIG=gpt-tiny TP=$TP PP=2 NPROC_PER_NODE=$WORLD NNODES=1 NODE_RANK=0 \
 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-$FREE_PORT} PRECISION="" \
 TRAIN_ITERS=$TRAIN_ITERS LR_WARMUP_ITERS=$((TRAIN_ITERS / 10)) \
@@ -85,6 +90,7 @@ DATA_ARGS="--data-path ${DATA}_text_document --split 98,2,0
 COMPRESSION_ARGS="--pp-compression-method clapping-fu --pp-fwd-codec topk:0.1
                   --pp-bwd-codec quant:8 --lazy-sampling-prob 0.5" \
     bash "$SCRIPT_DIR/pretrain_gpt_distributed.sh" "${BATCH_ARGS[@]}" --eval-iters "$EVAL_ITERS" \
+    --decoder-last-pipeline-num-layers 1 \
     2>&1 | tee "$LOG"
 
 # --- 5. summary ------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from megaclap.checkpoint import io
-from megaclap.model.gpt import GPTStage
 from megaclap.config import ModelConfig
+from megaclap.model.gpt import GPTStage
 from megaclap.training.checkpointing import RESHARD_HINT, CheckpointError, iter_dir, rank_dir
 
 
@@ -91,9 +91,10 @@ def pipeline_forward(stage: GPTStage, pstate, ids: torch.Tensor, caches: Optiona
 def generate(stage: GPTStage, prompt: list, max_new_tokens: int, pstate=None, greedy: bool = True,
              temperature: float = 1.0, top_p: float = 1.0, eod: Optional[int] = None, seed: int = 0) -> list:
     """New token ids after prompt (every rank returns the same list). Call on every rank."""
-    if not prompt:
-        raise ValueError("generation needs a non-empty prompt")
-    cfg, device = stage.cfg, next(stage.parameters()).device
+    cfg = stage.cfg
+    if not prompt or not all(0 <= t < cfg.vocab_size for t in prompt):
+        raise ValueError(f"prompt {prompt[:8]}: expected a non-empty list of token ids in [0, {cfg.vocab_size})")
+    device = next(stage.parameters()).device
     limit = cfg.max_position_embeddings if cfg.position_embedding_type == "learned_absolute" else None
     generator = torch.Generator().manual_seed(seed)
     caches = [{} for _ in stage.decoder.layers]

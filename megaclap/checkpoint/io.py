@@ -147,13 +147,17 @@ def load_checkpoint(root: str) -> Loaded:
         for name, param in stage.named_parameters():
             if stage.is_tied_copy(name):
                 continue  # the last stage's copy of the tied embedding
+            missing = [t for t in range(tp) if name not in shards[(t, p)]["model"]]
+            if missing:
+                raise CheckpointError(f"{root}: shard tp={missing[0]} pp={p} has no {name}; "
+                                      "the checkpoint does not match its recorded model args")
             parts = [shards[(t, p)]["model"][name] for t in range(tp)]
             full[stage.global_name(name)] = unshard(parts, getattr(param, "tp_partition", None))
     for name in VOCAB_PARAMS:
         if name in full:
             full[name] = unpad_vocab(full[name], cfg.vocab_size, name)
     check_full(full, cfg)
-    return Loaded(full, cfg, first.get("iteration", it), args, tp, pp, shards)
+    return Loaded(full, cfg, it, args, tp, pp, shards)
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ keeps valid/test ids (and so their tokens) disjoint from train's.
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .blended import BlendedDataset, ShardStream

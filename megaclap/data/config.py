@@ -67,8 +67,9 @@ class DataConfig:
         if self.lazy_sampling_prob is not None and self.lazy_sampling_period is not None:
             raise ValueError("--lazy-sampling-prob and --lazy-sampling-period are exclusive; "
                              "drop one")
-        if self.lazy_sampling_prob is not None and not 0.0 < self.lazy_sampling_prob <= 1.0:
-            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in (0, 1]")
+        if self.lazy_sampling_prob is not None and not 0.0 <= self.lazy_sampling_prob <= 1.0:
+            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in [0, 1] "
+                             "(0: the first batch repeats forever)")
         if self.lazy_sampling_period is not None and self.lazy_sampling_period < 1:
             raise ValueError(f"--lazy-sampling-period {self.lazy_sampling_period}: must be >= 1")
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:

@@ -61,8 +61,8 @@ class LazySchedule:
         if prob is not None and period is not None:
             raise ValueError("--lazy-sampling-prob and --lazy-sampling-period are exclusive; "
                              "drop one")
-        if prob is not None and not 0.0 < prob <= 1.0:
-            raise ValueError(f"--lazy-sampling-prob {prob}: must be in (0, 1]")
+        if prob is not None and not 0.0 <= prob <= 1.0:
+            raise ValueError(f"--lazy-sampling-prob {prob}: must be in [0, 1] (0: the first batch repeats forever)")
         if period is not None and period < 1:
             raise ValueError(f"--lazy-sampling-period {period}: must be >= 1")
         self.prob, self.period = prob, period

@@ -107,7 +107,11 @@ def record_texts(fmt, record, keys):
     if fmt == "jsonl":
         if not record.strip():
             return {k: "" for k in keys}
-        record = json.loads(record)
+        try:
+            record = json.loads(record)
+        except ValueError as e:
+            raise ValueError(f"bad JSON line ({e}): {record[:80]!r}; .jsonl input needs one "
+                             "object per line") from None
     try:
         return {k: record[k] or "" for k in keys}
     except KeyError as e:

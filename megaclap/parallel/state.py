@@ -131,6 +131,19 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta):
+    """Under torchrun --max-restarts the agent's store outlives a failed attempt; keys of the
+    dead workers (group addresses) would be read back by the new ones and hang them. Each
+    attempt therefore gets its own key prefix. None outside torchrun (plain env:// init)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        return None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent and rank == 0, timeout=timeout, multi_tenant=not agent)
+    return dist.PrefixStore(f"megaclap/attempt_{restart}", store)
+
+
 def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
                            backend: Optional[str] = None,
                            device: Optional[torch.device] = None) -> ParallelState:
@@ -143,7 +156,8 @@ def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_minutes),
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout,
+                                store=_restart_store(rank, world_size, timeout),
                                 device_id=device if backend == "nccl" else None)
     return ParallelState(tp, pp, world_size, rank, device, timeout_minutes)

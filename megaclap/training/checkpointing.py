@@ -156,13 +156,17 @@ class Checkpointer:
     def _restore_training(self, trainer, state: dict, sub: str) -> None:
         t = self.cfg.train
         trainer.iteration = state["iteration"]
-        trainer.skipped, trainer.nans = state["counters"]["skipped"], state["counters"]["nans"]
-        if not t.no_load_optim:
+        counters = state.get("counters", {})
+        trainer.skipped, trainer.nans = counters.get("skipped", 0), counters.get("nans", 0)
+        if t.no_load_optim or "optimizer" not in state:
+            if not t.no_load_optim and self.ps.rank == 0:
+                print(f" checkpoint at iteration {trainer.iteration} has no optimizer state (converted?): "
+                      "the optimizer starts fresh", flush=True)
+            trainer.scheduler.load_state_dict({"num_steps": trainer.iteration})
+        else:
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(state["opt_param_scheduler"])
             trainer.scaler.load_state_dict(state["loss_scaler"])
-        else:
-            trainer.scheduler.load_state_dict({"num_steps": trainer.iteration})
         replica_path = os.path.join(sub, f"dp_rank_{self.ps.dp_rank:03d}.pt")
         replica = torch.load(replica_path, map_location=self.ps.device, weights_only=False) \
             if os.path.isfile(replica_path) else None

@@ -32,19 +32,17 @@ def setup(argv: Optional[Sequence[str]] = None):
     return cfg, pstate
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def run(cfg: MegaclapConfig, pstate, print_fn=None):
+    """Build, resume, train, save and test on this rank; returns the Trainer."""
     from megaclap.training.checkpointing import Checkpointer
+    from megaclap.training.logging import format_validation_line
     from megaclap.training.trainer import Trainer
-    try:
-        cfg, pstate = setup(argv)
-    except ConfigError as e:
-        print(f"megaclap: configuration error: {e}", file=sys.stderr)
-        return 2
+    print_fn = print_fn or (lambda s: print(s, flush=True))
     if pstate.rank == 0:
-        print(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
-              f"pp {pstate.pp_size}, device {pstate.device.type}, "
-              f"{cfg.num_microbatches(pstate.world_size)} microbatches per step", flush=True)
-    trainer = Trainer(cfg, pstate, print_fn=lambda s: print(s, flush=True))
+        print_fn(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
+                 f"pp {pstate.pp_size}, device {pstate.device.type}, "
+                 f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
+    trainer = Trainer(cfg, pstate, print_fn=print_fn)
     checkpointer = Checkpointer(cfg, pstate)
     checkpointer.load(trainer)
     trainer.train(checkpointer)
@@ -52,8 +50,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if trainer.data.test is not None and cfg.train.eval_iters > 0:
         loss = trainer.evaluate(trainer.data.test)
         if pstate.is_logging_rank:
-            from megaclap.training.logging import format_validation_line
-            print(format_validation_line(trainer.iteration, loss, prefix="test"), flush=True)
+            print_fn(format_validation_line(trainer.iteration, loss, prefix="test"))
+    return trainer
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        cfg, pstate = setup(argv)
+    except ConfigError as e:
+        print(f"megaclap: configuration error: {e}", file=sys.stderr)
+        return 2
+    run(cfg, pstate)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

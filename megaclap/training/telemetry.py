@@ -42,9 +42,9 @@ def _summary(arr: torch.Tensor, d: int) -> tuple[float, float]:
 def log_fields(arr: torch.Tensor) -> str:
     fr, fe = _summary(arr, 0)
     br, be = _summary(arr, 1)
-    sent = float(arr[:, :, PAYLOAD].sum())
+    sent, raw = float(arr[:, :, PAYLOAD].sum()), float(arr[:, :, RAW].sum())
     return (f" pp fwd ratio: {fr:.4f} | pp bwd ratio: {br:.4f} | pp fwd rel err: {fe:.3E} |"
-            f" pp bwd rel err: {be:.3E} | pp bytes sent: {sent:.4E} |")
+            f" pp bwd rel err: {be:.3E} | pp bytes sent: {sent:.4E} | pp raw bytes: {raw:.4E} |")
 
 
 def tb_scalars(arr: torch.Tensor) -> dict:
