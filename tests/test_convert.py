@@ -167,10 +167,12 @@ def test_training_loads_converted_checkpoint(resume_flag, tmp_path):
     ckpt = to_megaclap("llama", tmp_path / "hf", tmp_path / "mc", 1, 1)
     loaded = io.load_checkpoint(ckpt)
     flags = tool("tools/checkpoint/convert.py").model_flags(loaded.cfg).split()
-    tr = make_trainer(0, 1, flags + ["--seq-length", "16", "--micro-batch-size", "2", "--train-iters", "2",
-                                     "--mock-data", "--load", ckpt, resume_flag])
+    tr = make_trainer(0, 1, flags + ["--seq-length", "16", "--micro-batch-size", "2", "--train-iters", "10",
+                                     "--lazy-sampling-prob", "0", "--mock-data", "--load", ckpt, resume_flag])
     Checkpointer(tr.cfg, tr.ps).load(tr)
     assert tr.iteration == 0
     for name, p in tr.stage.named_parameters():
         assert torch.equal(p.detach()[: loaded.full[name].shape[0]], loaded.full[name]), name
-    assert torch.isfinite(torch.tensor(tr.train_step(tr.data.train.next_batch())["loss"]))
+    # continued pretraining on one repeated batch (--lazy-sampling-prob 0): the loss must fall
+    losses = [tr.train_step(tr.data.train.next_batch())["loss"] for _ in range(10)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses

@@ -103,6 +103,27 @@ def test_preprocessed_corpus_trains_through_build_data_sources(corpus):
     assert batch.tokens.shape == (4, 33) and int(batch.tokens.max()) < 400
 
 
+def _train_on_corpus(rank, world, argv, steps):
+    from tests.train_utils import make_trainer
+    tr = make_trainer(rank, world, argv)
+    losses = [tr.train_step(tr.data.train.next_batch())["loss"] for _ in range(steps)]
+    return {"losses": losses, "last": tr.ps.is_last_stage}
+
+
+def test_preprocessed_corpus_trains_20_steps_loss_decreases(corpus):
+    """Preprocess, then 20 real training steps at PP=2 through --data-path: the loss falls."""
+    from tests.dist import run_ranks
+    root, _, model = corpus
+    _preprocess(root, model, [str(root / "*.jsonl")], "train20", extra=("--append-eod",))
+    argv = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--micro-batch-size", "4", "--global-batch-size", "8", "--train-iters", "20", "--lr", "3e-3",
+            "--data-path", str(root / "train20_text_document"), "--split", "95,5,0",
+            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--vocab-size", "400",
+            "--pipeline-model-parallel-size", "2", "--eval-iters", "1"]
+    losses = [r for r in run_ranks(_train_on_corpus, 2, argv, 20) if r["last"]][0]["losses"]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+
+
 def test_null_and_huggingface_tokenizers(tmp_path):
     null = build_tokenizer("NullTokenizer", vocab_size=100)
     assert null.vocab_size == 101 and null.eod == 100
