@@ -54,9 +54,9 @@ class ModelConfig:
     """--disable-bias-linear: no biases in linear layers (Llama)."""
     init_method_std: float = 0.02
     """--init-method-std: std of the normal init; output layers get std/sqrt(2L)."""
-    hidden_dropout: float = 0.0
-    """--hidden-dropout: dropout after attention and MLP."""
-    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.1
+    """--hidden-dropout: dropout after attention and MLP (Megatron's default 0.1)."""
+    attention_dropout: float = 0.1
     """--attention-dropout: dropout on attention probabilities."""
     vocab_size: Optional[int] = None
     """--vocab-size: tokenizer vocabulary (default from the tokenizer; required with --mock-data)."""

@@ -10,7 +10,8 @@ from megaclap.model.init import init_stage, shard
 
 def tiny_model(flavour: str = "gpt2", **overrides) -> ModelConfig:
     base = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16,
-                max_position_embeddings=16, vocab_size=100, make_vocab_size_divisible_by=8)
+                max_position_embeddings=16, vocab_size=100, make_vocab_size_divisible_by=8,
+                hidden_dropout=0.0, attention_dropout=0.0)
     if flavour == "llama":
         base.update(normalization="RMSNorm", swiglu=True, ffn_hidden_size=64, position_embedding_type="rope",
                     untie_embeddings_and_output_weights=True, disable_bias_linear=True,

@@ -13,7 +13,8 @@ def tiny_args(flavour: str = "gpt2", layers: int = 4, gbs: int = 8, mbs: int = 2
             "--seq-length", "16", "--max-position-embeddings", "16", "--vocab-size", "96",
             "--make-vocab-size-divisible-by", "8", "--micro-batch-size", str(mbs),
             "--global-batch-size", str(gbs), "--train-iters", "20", "--lr", "1e-3",
-            "--use-cpu-initialization", "--mock-data", "--eval-iters", "2", "--seed", "3"]
+            "--use-cpu-initialization", "--mock-data", "--eval-iters", "2", "--seed", "3",
+            "--hidden-dropout", "0", "--attention-dropout", "0"]
     if flavour == "llama":
         argv += ["--normalization", "RMSNorm", "--swiglu", "--ffn-hidden-size", "64",
                  "--position-embedding-type", "rope", "--untie-embeddings-and-output-weights",

@@ -12,11 +12,12 @@ Three kinds of `data:` entry:
 become jsonl documents (examples/pretrain_gpt/stdlib_corpus.py: source and docstrings), a
 sentencepiece BPE tokenizer is trained on them (tools/train_tokenizer.py) and they are
 tokenized into .bin/.idx (tools/preprocess_data.py). Files, not documents, are assigned to
-the validation split, spread evenly over the library (a module's docstrings never land in
-the other split than its source). A regime may ask for `train_files: K`: a corpus with only
+the validation split, spread evenly over the library (a module's source and its docstrings
+always share a split). A regime may ask for `train_files: K`: a corpus with only
 K training modules (spread evenly) and the *same* validation modules, so a few-epoch run
 revisits its samples within a short CPU budget and its validation loss stays comparable
 with the full-corpus runs. Everything is built once under <out-dir>/data and reused.
+A regime may also name its own `data:` entry (e.g. a smaller prefix for few-epoch runs).
 """
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ import sys
 import sysconfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STDLIB_CORPUS = os.path.join(REPO, "examples", "pretrain_gpt", "stdlib_corpus.py")
+EXAMPLES = os.path.join(REPO, "examples", "pretrain_gpt")
 
 
-def _load_stdlib_corpus():
-    """examples/pretrain_gpt/stdlib_corpus.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("stdlib_corpus", STDLIB_CORPUS)
+def load_example(name: str):
+    """examples/pretrain_gpt/<name>.py as a module (the examples are scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod        # dataclasses look their module up while it executes
     spec.loader.exec_module(mod)
     return mod
 
@@ -63,6 +67,7 @@ def _write_jsonl(path: str, files: list, corpus_mod) -> int:
 
 
 def _run(argv: list, what: str) -> None:
+    """Run one of the repository's tools, failing loudly."""
     print(f"ablate: {what}", flush=True)
     subprocess.run(argv, check=True, cwd=REPO)
 
@@ -76,7 +81,7 @@ class StdlibData:
         max_files, max_bytes = int(spec.get("max_files", 0)), int(spec.get("max_bytes", 200_000))
         self.dir = os.path.join(data_dir, f"stdlib_f{max_files or 'all'}_v{self.vocab}")
         os.makedirs(self.dir, exist_ok=True)
-        self.mod = _load_stdlib_corpus()
+        self.mod = load_example("stdlib_corpus")
         root = spec.get("root") or sysconfig.get_paths()["stdlib"]
         files = [f for f in self.mod.stdlib_files(root) if os.path.getsize(f) <= max_bytes]
         files = _spread(files, max_files)
@@ -86,6 +91,7 @@ class StdlibData:
         self.tokenizer = os.path.join(self.dir, "tokenizer.model")
 
     def _ensure_tokenizer(self) -> None:
+        """Train the BPE tokenizer on the training modules, once."""
         if os.path.exists(self.tokenizer):
             return
         corpus = os.path.join(self.dir, "tokenizer_corpus.jsonl")
@@ -133,7 +139,10 @@ class DataPlan:
         self._stdlib = None
 
     def flags(self, regime: dict) -> list:
-        """Data flags for one regime (`train_files` selects a smaller stdlib training corpus)."""
+        """Data flags for one regime: its own `data:` entry if it has one, else the grid's;
+        `train_files` selects a smaller stdlib training corpus."""
+        if regime.get("data"):
+            return DataPlan(regime["data"], self.data_dir).flags({**regime, "data": None})
         s = self.spec
         train_files = int(regime.get("train_files", 0) or 0)
         if s.get("build") == "stdlib":

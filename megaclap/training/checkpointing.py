@@ -109,7 +109,8 @@ class Checkpointer:
         return final
 
     def _model_state(self, trainer) -> dict:
-        return {"iteration": trainer.iteration, "checkpoint_version": 3.0, "model": trainer.stage.state_dict(),
+        return {"iteration": trainer.iteration, "checkpoint_version": 3.0,
+                "consumed_samples": trainer.iteration * self.cfg.train.global_batch_size, "model": trainer.stage.state_dict(),
                 "optimizer": trainer.optimizer.state_dict(), "opt_param_scheduler": trainer.scheduler.state_dict(),
                 "loss_scaler": trainer.scaler.state_dict(), "rng_state": rng_state(),
                 "args": dataclasses.asdict(self.cfg), "layout": _layout(trainer),
