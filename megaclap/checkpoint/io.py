@@ -24,7 +24,8 @@ from megaclap.model.gpt import GPTStage
 from megaclap.model.init import shard
 from megaclap.model.stages import layer_ranges
 from megaclap.parallel.state import GroupInfo
-from megaclap.training.checkpointing import TRACKER, CheckpointError, iter_dir, rank_dir, read_tracker
+from megaclap.training.checkpointing import (TRACKER, CheckpointError, iter_dir, rank_dir, read_tracker,
+                                            write_tracker)
 
 MODEL_FILE = "model_optim_rng.pt"
 
@@ -222,8 +223,5 @@ def save_checkpoint(root: str, full: dict, cfg: ModelConfig, tp: int, pp: int, i
     if os.path.isdir(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
-    tracker_tmp = os.path.join(root, TRACKER + ".tmp")
-    with open(tracker_tmp, "w") as f:
-        f.write(str(iteration))
-    os.replace(tracker_tmp, os.path.join(root, TRACKER))
+    write_tracker(root, iteration)
     return final

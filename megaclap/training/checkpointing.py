@@ -49,6 +49,15 @@ def read_tracker(root: str) -> Optional[int]:
     return it
 
 
+def write_tracker(root: str, iteration: int) -> None:
+    """Point the tracker at iteration (atomically: tmp file + rename). Call after the rename
+    of the iteration directory, so the tracker never names a partial checkpoint."""
+    tmp = os.path.join(root, TRACKER + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(iteration))
+    os.replace(tmp, os.path.join(root, TRACKER))
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -100,10 +109,7 @@ class Checkpointer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            tracker_tmp = os.path.join(root, TRACKER + ".tmp")
-            with open(tracker_tmp, "w") as f:
-                f.write(str(it))
-            os.replace(tracker_tmp, os.path.join(root, TRACKER))
+            write_tracker(root, it)
         _barrier()
         self.last_saved = it
         return final
