@@ -103,7 +103,9 @@ class P2P:
     def recv_forward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> torch.Tensor:
         """Activation from the previous stage, as a leaf that will collect its gradient."""
         x = self._recv(self.pstate.prev_rank, self.pstate.pp_rank - 1, "fwd", slot, info, ids)
-        return x.float().requires_grad_(True)
+        # a new tensor object: the Channel may return its reference m itself, which must not
+        # become an autograd leaf that accumulates .grad across steps
+        return x.detach().float().requires_grad_(True)
 
     def send_forward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
         self._send(y, self.pstate.next_rank, self.pstate.pp_rank, "fwd", slot, info, ids)
