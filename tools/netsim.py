@@ -242,11 +242,13 @@ def launch(c: Cluster, train_args: list[str], nproc: int, port: int, out_dir: st
            env: dict | None) -> list[subprocess.Popen]:
     """One torchrun node per host namespace, each its own process group, output to node<i>.log."""
     procs = []
+    # The simulated hosts share this machine's cores: split them, as torchrun does per node.
+    threads = str(max(1, (os.cpu_count() or 1) // (c.hosts * nproc)))
     for i, ns in enumerate(c.ns):
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run",
                "--nnodes", str(c.hosts), "--node_rank", str(i), "--nproc_per_node", str(nproc),
                "--master_addr", c.addr[0], "--master_port", str(port), script, *train_args]
-        node_env = {**os.environ, **(env or {}), "GLOO_SOCKET_IFNAME": c.ifname[i]}
+        node_env = {"OMP_NUM_THREADS": threads, **os.environ, **(env or {}), "GLOO_SOCKET_IFNAME": c.ifname[i]}
         with open(os.path.join(out_dir, f"node{i}.log"), "w") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()

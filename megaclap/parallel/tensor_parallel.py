@@ -129,10 +129,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         softmax, local, outside = ctx.saved_tensors
-        grad = softmax
-        onehot = F.one_hot(local, grad.shape[-1]).to(grad.dtype) * (~outside).unsqueeze(-1).to(grad.dtype)
-        grad = (grad - onehot) * grad_loss.unsqueeze(-1)
-        return grad, None, None, None
+        # d loss / d logits = softmax - onehot(target), the onehot only on the rank owning it
+        grad = softmax.scatter_add_(-1, local.unsqueeze(-1), -(~outside).unsqueeze(-1).to(softmax.dtype))
+        return grad.mul_(grad_loss.unsqueeze(-1)), None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, tp: Optional[GroupInfo],
