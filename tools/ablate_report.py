@@ -24,7 +24,8 @@ from collections import defaultdict
 
 from tools.ablate_data import load_example
 
-PAYLOAD_RE = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/(raw_bytes|payload_bytes|ref_memory_bytes|rel_err)")
+PAYLOAD_RE = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/"
+                        r"(raw_bytes|payload_bytes|ref_memory_bytes|rel_err)")
 TEST_RE = re.compile(r"test loss at iteration \d+ \| lm loss value: ([-+0-9.eE]+)")
 CSV_FIELDS = ("name", "model", "regime", "method", "bwd_method", "fwd_codec", "bwd_codec", "p",
               "iterations", "train_loss", "val_loss", "test_loss", "tokens_seen", "fresh_steps",
@@ -180,14 +181,17 @@ def markdown_table(results: list) -> list:
         base = baseline_val(results, r)
         delta = f"{r['val_loss'] - base:+.3f}" if base is not None else "-"
         method = r["method"] + (f" / {r['bwd_method']}" if r.get("bwd_method") else "")
+        method += f" [{r['tag']}]" if r.get("tag") else f" [{r['args']}]" if r.get("args") else ""
         plain = r["method"] == "none" and not r.get("bwd_method")
         codecs = ("-", "-") if plain else (r["fwd_codec"], r["bwd_codec"])
         epochs = f" ({r['epochs']:.2g})" if r.get("epochs") else ""
         p = "1" if r["p"] is None else f"{r['p']:g}"
         lines.append(
-            f"| {r['model']} | {r['regime']} | {method} | {codecs[0]} | {codecs[1]} | {p} | {r['iterations']} "
+            f"| {r['model']} | {r['regime']} | {method} | {codecs[0]} | {codecs[1]} | {p} "
+            f"| {r['iterations']} "
             f"| {r['train_loss']:.3f} | {r['val_loss']:.3f} | {delta} | {_count(r['tokens_seen'])} "
-            f"| {_count(r['distinct_samples'])}{epochs} | {' / '.join(_mb(b) for b in r['bytes_sent_per_boundary'])} "
+            f"| {_count(r['distinct_samples'])}{epochs} "
+            f"| {' / '.join(_mb(b) for b in r['bytes_sent_per_boundary'])} "
             f"| {r['ratio']:.3f} ({r['fwd_ratio']:.3f} / {r['bwd_ratio']:.3f}) | {r['tokens_per_s']:.0f} "
             f"| {_mb(r['ref_memory_bytes'])} |")
     return lines
@@ -199,7 +203,8 @@ def write_csv(results: list, path: str) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in results:
-            w.writerow({**r, "bytes_sent_per_boundary": " ".join(f"{b:.0f}" for b in r["bytes_sent_per_boundary"])})
+            per_boundary = " ".join(f"{b:.0f}" for b in r["bytes_sent_per_boundary"])
+            w.writerow({**r, "bytes_sent_per_boundary": per_boundary})
 
 
 def _label(r: dict) -> str:
@@ -208,37 +213,54 @@ def _label(r: dict) -> str:
     if r["method"] == "none" and not r.get("bwd_method"):
         return f"none p={p:g}"
     bwd = f"/{r['bwd_method']}" if r.get("bwd_method") else ""
-    return f"{r['method']}{bwd} {r['fwd_codec']}/{r['bwd_codec']} p={p:g}" + (f" {r['tag']}" if r.get("tag") else "")
+    tag = f" {r['tag']}" if r.get("tag") else ""
+    return f"{r['method']}{bwd} {r['fwd_codec']}/{r['bwd_codec']} p={p:g}{tag}"
+
+
+def _curves(r: dict, xname: str) -> list:
+    """[(x, y)] of a cell's train and validation curves; x is the step or the cumulative
+    pipeline MiB sent by that step."""
+    import numpy as np
+    out = []
+    for steps, values in (r["train_curve"], r["val_curve"]):
+        x = np.asarray(steps, float)
+        if xname == "bytes":
+            bsteps, cum = r["bytes_curve"]
+            x = np.interp(x, [0] + list(bsteps), [0.0] + list(cum)) / 2**20
+        out.append((x, np.asarray(values, float)))
+    return out
 
 
 def plot_group(results: list, key: str, out_dir: str) -> list:
     """loss_vs_step_<key>.png and loss_vs_bytes_<key>.png: train and validation loss, one
-    line per cell, against the step and against the cumulative pipeline bytes sent."""
+    line per cell (uncompressed cells thicker), against the step and against the cumulative
+    pipeline bytes sent. Curves that diverge leave the top of the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    colors = plt.get_cmap("tab10" if len(results) <= 10 else "tab20")
+    colors, styles = plt.get_cmap("tab10"), ("-", "--", ":", "-.")
     paths = []
     for xname in ("step", "bytes"):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         for i, r in enumerate(results):
-            for ax, curve in zip(axes, (r["train_curve"], r["val_curve"])):
-                x, y = np.asarray(curve[0], float), np.asarray(curve[1], float)
-                if xname == "bytes":
-                    bsteps, cum = r["bytes_curve"]
-                    x = np.interp(x, [0] + list(bsteps), [0.0] + list(cum)) / 2**20
-                style = "--" if r["method"] == "none" else "-"
-                ax.plot(x, y, style, color=colors(i % 20), lw=1.2, label=_label(r))
-        for ax, what in zip(axes, ("train loss (log-interval mean)", "validation loss")):
-            ax.set_xlabel("step" if xname == "step" else "pipeline MB sent (all boundaries)")
+            plain = r["method"] == "none" and not r.get("bwd_method")
+            for ax, (x, y) in zip(axes, _curves(r, xname)):
+                ax.plot(x, y, styles[i // 10 % 4], color=colors(i % 10), lw=2.2 if plain else 1.1,
+                        label=_label(r))
+        for j, (ax, what) in enumerate(zip(axes, ("train loss (log-interval mean)", "validation loss"))):
+            firsts = [c[j][1][0] for c in (_curves(r, xname) for r in results) if len(c[j][1])]
+            if firsts:
+                ax.set_ylim(top=float(np.median(firsts)) + 0.3)
+            ax.set_xlabel("step" if xname == "step" else "pipeline MiB sent (all boundaries)")
             ax.set_ylabel(what)
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7, loc="upper right")
+        fig.legend(*axes[1].get_legend_handles_labels(), fontsize=7, loc="center left",
+                   bbox_to_anchor=(0.75, 0.5))
         fig.suptitle(f"{key}: loss vs {xname}")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.75, 1))
         path = os.path.join(out_dir, f"loss_vs_{xname}_{key}.png")
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=72)
         plt.close(fig)
         paths.append(path)
     return paths

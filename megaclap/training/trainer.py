@@ -134,7 +134,8 @@ class Trainer:
             try:
                 batch = self.data.train.next_batch()
             except DataExhausted as e:
-                self.print(f" stopping at iteration {self.iteration}: {e}")
+                if self.ps.is_logging_rank:
+                    self.print(f" stopping at iteration {self.iteration}: {e}")
                 break
             start = time.perf_counter()
             out = self.train_step(batch)
@@ -149,7 +150,8 @@ class Trainer:
                 self._log_validation(self.evaluate())
             if checkpointer is not None and checkpointer.after_step(self):
                 break
-        self.gather_telemetry()
+        if log.steps:  # the last, partial interval (its bytes count too)
+            self._log(log)
         self.tb.close()
 
     def gather_telemetry(self):
@@ -176,6 +178,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         loss = log.loss / max(1, log.steps)
         extra = telemetry.log_fields(comp) if comp is not None else ""
+        extra += f" distinct samples: {self.data.train.distinct_samples_seen} |"
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
@@ -184,6 +187,8 @@ class Trainer:
         self.tb.scalars(scalars, self.iteration, samples)
         if comp is not None:
             self.tb.scalars(telemetry.tb_scalars(comp), self.iteration, samples, vs_samples=False)
+        self.tb.scalars({"distinct-samples": self.data.train.distinct_samples_seen}, self.iteration, samples,
+                        vs_samples=False)
 
     def _log_validation(self, loss: float) -> None:
         if self.ps.is_logging_rank:
