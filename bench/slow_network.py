@@ -4,7 +4,11 @@ Real multi-node torchrun runs through tools/netsim.py (as root): one pipeline st
 simulated host (tp=1, dp=1), PP=2 and PP=4, links of 10/50/100/1000 Mbit/s with 5 ms one-way
 latency plus an unthrottled one. Runs: `none` (p=1, ordinary training), `none` with lazy
 sampling p=0.5 (reuse alone), and direct, aqsgd, clapping-fc, clapping-fu with forward
-topk:0.1, backward quant:8 and p=0.5.
+topk:0.1, backward quant:8 and p=0.5. Model (MODEL): GPT, hidden 256, 4 heads, seq 128, one
+layer per stage, vocabulary 512, untied output layer (no embedding all-reduce), micro batch 4,
+global batch 16 (4 microbatches, 1F1B), fp32 on the wire (512 KiB per microbatch and
+boundary), Markov-chain mock data. Throttled runs train --warmup + --steps steps without
+evaluation; the unthrottled runs are the long ones.
 
 - tokens/s: global batch tokens over the step time of the steps after --warmup, from the
   per-step log lines (--log-interval 1): `tokens_s` from per-kind medians weighted by p
@@ -20,8 +24,8 @@ topk:0.1, backward quant:8 and p=0.5.
   same steps over a slow link give the same loss (the throttled runs check that: their last
   training loss is identical across links for each run).
 
-    sudo .venv/bin/python -m bench.slow_network          # ~40 min on 2 CPU cores
-    sudo .venv/bin/python -m bench.slow_network --quick  # smoke run, ~3 min
+    sudo .venv/bin/python -m bench.slow_network          # 36 min on 2 shared CPU cores
+    sudo .venv/bin/python -m bench.slow_network --quick  # smoke run, ~2 min
 """
 from __future__ import annotations
 
@@ -172,6 +176,7 @@ def determinism(rows: list[dict]) -> dict:
 
 
 def print_tables(rows: list[dict], a) -> None:
+    """Markdown: tokens/s and speed-up per PP (val loss from the unthrottled runs), then bytes."""
     nets = [n for n, _ in NETWORKS if n in a.networks]
     for pp in a.pp:
         print(f"\nPP={pp}: tokens/s (speed-up over none on the same link); val loss after "
@@ -197,6 +202,7 @@ def print_tables(rows: list[dict], a) -> None:
 
 
 def plot(rows: list[dict], a, path: str) -> None:
+    """Speed-up over none against link rate, one panel per PP (unthrottled drawn at 10 Gbit/s)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -213,7 +219,7 @@ def plot(rows: list[dict], a, path: str) -> None:
         ax.set_xscale("log")
         ax.set_xticks(list(xs.values()), [n.replace("mbit", "") if n != "unthrottled" else "unthr."
                                           for n in xs])
-        ax.set_xlabel("link rate (Mbit/s), 5 ms latency")
+        ax.set_xlabel("link rate (Mbit/s), 5 ms one-way latency; unthr. = no limit")
         ax.set_ylabel("tokens/s speed-up over none")
         ax.set_title(f"PP={pp}, one stage per simulated host")
         ax.legend(fontsize=8)
@@ -222,6 +228,7 @@ def plot(rows: list[dict], a, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sweep, write JSON + PNG, print the tables and the target's verdict."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small model, PP=2, two links, 3 runs")
     ap.add_argument("--pp", type=int, nargs="+", default=[2, 4])

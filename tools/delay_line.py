@@ -35,6 +35,7 @@ MAX_FRAME = 65536 + 64
 
 
 def _setns(fd: int) -> None:
+    """Move this thread into the network namespace behind fd (Python 3.11 has no os.setns)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -66,9 +67,11 @@ class Switch:
     """Frames in, (port, frame) out: a wire for two ports, a learning switch for more."""
 
     def __init__(self, ports: int):
+        """ports: how many taps; table: learned source MAC -> port."""
         self.ports, self.table = ports, {}
 
     def route(self, port: int, frame: bytes) -> list[int]:
+        """The ports a frame that came in on `port` goes out on."""
         if self.ports == 2:
             return [1 - port]
         self.table[frame[6:12]] = port
@@ -111,6 +114,7 @@ def forward(fds: list[int], delay: float, lifeline: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: create the taps, say `ready`, forward until stopped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", nargs="+", required=True, help="host namespaces, in port order")
     parser.add_argument("--ifname", nargs="+", required=True, help="tap name inside each namespace")

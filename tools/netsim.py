@@ -97,6 +97,8 @@ class Cluster:
     def __init__(self, hosts: int, run_id: str, rate: float | None, delay: float, mtu: int, netem: bool):
         if not 2 <= hosts <= 250:
             raise ValueError("--hosts must be between 2 and 250")
+        if not re.fullmatch(r"[0-9a-z]{1,8}", run_id):
+            raise ValueError(f"--run-id {run_id!r}: 1-8 lowercase letters or digits (interface names are short)")
         self.hosts, self.run_id, self.rate, self.delay, self.mtu = hosts, run_id, rate, delay, mtu
         self.ns = [f"{PREFIX}{run_id}-h{i}" for i in range(hosts)]
         self.switch_ns = f"{PREFIX}{run_id}-sw"
@@ -107,20 +109,29 @@ class Cluster:
         self.kind = ("tap+delay-line" if self.tap else "veth" + ("+bridge" if hosts > 2 else "")) + "/" + qdisc
         self.delay_line: subprocess.Popen | None = None
 
+    @property
+    def needs_switch(self) -> bool:
+        """A bridge namespace joins more than two hosts (the delay line is its own switch)."""
+        return self.hosts > 2 and not self.tap
+
     def create(self) -> None:
         """Namespaces (loopback up, no IPv6 chatter), links, addresses, qdiscs."""
-        for ns in self.ns + ([self.switch_ns] if hosts_need_switch(self) else []):
+        for ns in self.ns + ([self.switch_ns] if self.needs_switch else []):
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
             sh("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6", ns=ns, check=False)
-        self._tap_links() if self.tap else self._veth_links()
+        if self.tap:
+            self._tap_links()
+        else:
+            self._veth_links()
         for i, ns in enumerate(self.ns):
             sh("ip", "addr", "add", f"{self.addr[i]}/24", "dev", self.ifname[i], ns=ns)
             sh("ip", "link", "set", self.ifname[i], "mtu", str(self.mtu), "up", ns=ns)
             self._shape(i)
 
     def _veth_links(self) -> None:
+        """One veth pair for two hosts; else host veths into a bridge in the switch namespace."""
         if self.hosts == 2:
             sh("ip", "link", "add", self.ifname[0], "netns", self.ns[0], "type", "veth",
                "peer", "name", self.ifname[1], "netns", self.ns[1])
@@ -134,6 +145,7 @@ class Cluster:
             sh("ip", "link", "set", f"p{i}", "mtu", str(self.mtu), "master", "br0", "up", ns=sw)
 
     def _tap_links(self) -> None:
+        """Start tools/delay_line.py: it creates the hosts' taps and carries frames between them."""
         cmd = [sys.executable, DELAY_LINE, "--namespaces", *self.ns, "--ifname", *self.ifname,
                "--delay", repr(self.delay)]
         self.delay_line = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -144,6 +156,7 @@ class Cluster:
             raise RuntimeError(f"netsim: the delay line did not start: {self.delay_line.stderr.read().strip()}")
 
     def _shape(self, i: int) -> None:
+        """Limit host i's egress: netem (rate + delay), or tbf (rate; the delay line delays)."""
         dev, ns = self.ifname[i], self.ns[i]
         if self.delay > 0 and not self.tap:
             extra = ["rate", f"{int(self.rate)}bit"] if self.rate else []
@@ -176,10 +189,6 @@ class Cluster:
         if self.delay_line is not None and self.delay_line.poll() is None:
             _kill_group(self.delay_line)
         cleanup(f"{PREFIX}{self.run_id}-")
-
-
-def hosts_need_switch(c: Cluster) -> bool:
-    return c.hosts > 2 and not c.tap
 
 
 def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -286,11 +295,11 @@ def run_cluster(hosts: int, train_args: list[str], rate: str | None = None, dela
     """
     run_id = run_id or secrets.token_hex(3)
     rate_bits, delay_s = (parse_rate(rate) if rate else None), (parse_delay(delay) if delay else 0.0)
-    os.makedirs(out_dir, exist_ok=True)
     procs: list[subprocess.Popen] = []
     with _signals_raise():
         netem = check_privileges(run_id)
         cluster = Cluster(hosts, run_id, rate_bits, delay_s, mtu, netem)
+        os.makedirs(out_dir, exist_ok=True)
         try:
             cluster.create()
             before, start = cluster.counters(), time.monotonic()
@@ -320,6 +329,7 @@ def run_cluster(hosts: int, train_args: list[str], rate: str | None = None, dela
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: netsim.py [options] -- TRAINING FLAGS, or --cleanup; exit 1 if a node failed."""
     argv = sys.argv[1:] if argv is None else list(argv)
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
@@ -353,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"{e}; everything it created is removed", file=sys.stderr)
         return 130
+    except PermissionError as e:
+        print(e, file=sys.stderr)
+        return 2
     print("\n".join(res["logs"][-1].splitlines()[-12:]))
     print(f"netsim: {res['hosts']} hosts, {res['kind']}, exit codes {res['exit_codes']}, {res['wall_s']:.1f} s")
     for link in res["links"]:
