@@ -137,4 +137,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, tp: Optional[GroupInfo],
                                  vocab_size: int) -> torch.Tensor:
     """Per-token loss (b, s) from vocab-sharded logits (b, s, V/tp); columns >= vocab_size ignored."""
+    if tp is None or tp.size == 1:  # one shard: torch's fused kernel on the unpadded columns
+        flat = logits[..., :vocab_size].float().reshape(-1, vocab_size)
+        return F.cross_entropy(flat, target.reshape(-1), reduction="none").view(target.shape)
     return _VocabParallelCrossEntropy.apply(logits.float(), target, tp, vocab_size)
