@@ -49,7 +49,7 @@ def _fill(cls, ns: argparse.Namespace):
     for f in dataclasses.fields(cls):
         if hasattr(ns, f.name):
             value = getattr(ns, f.name)
-            if value is not None and not (value is False and f.default is not False):
+            if value is not None:  # unset flags keep the dataclass default
                 kwargs[f.name] = value
     return cls(**kwargs)
 

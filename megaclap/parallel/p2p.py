@@ -117,14 +117,7 @@ class P2P:
     def send_backward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
         self._send(g, self.pstate.prev_rank, self.pstate.pp_rank - 1, "bwd", slot, info, ids)
 
-    # --- telemetry and state --------------------------------------------------------------
-    def telemetry(self) -> dict:
-        """{(boundary, direction): summed Channel stats} for the channels this rank sends on."""
-        out: dict = {}
-        for (b, d, _), ch in self.channels.items():
-            out.setdefault((b, d), []).append(ch)
-        return out
-
+    # --- checkpoint state ------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"channels": {f"{b}/{d}/{s}": ch.state_dict() for (b, d, s), ch in self.channels.items()},
                 "stores": {f"{b}/{d}": st.state_dict() for (b, d), st in self.stores.items()}}
