@@ -28,10 +28,11 @@ def _add_section(parser: argparse.ArgumentParser, cls) -> None:
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         typ = _base_type(hints[f.name])
+        flag = f.metadata.get("flag", _flag(f.name))
         if typ is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action="store_true")
+            group.add_argument(flag, dest=f.name, action="store_true")
         else:
-            group.add_argument(_flag(f.name), dest=f.name, type=typ, default=None)
+            group.add_argument(flag, dest=f.name, type=typ, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

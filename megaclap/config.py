@@ -143,6 +143,16 @@ class OptimConfig:
     """--initial-loss-scale: start of the dynamic loss scale."""
     loss_scale_window: int = 1000
     """--loss-scale-window: steps without overflow before the scale doubles."""
+    override_opt_param_scheduler: bool = field(default=False, metadata={"flag": "--override-opt_param-scheduler"})
+    """--override-opt_param-scheduler: on resume, use this run's LR schedule flags instead of the checkpoint's."""
+    use_checkpoint_opt_param_scheduler: bool = field(default=False,
+                                                     metadata={"flag": "--use-checkpoint-opt_param-scheduler"})
+    """--use-checkpoint-opt_param-scheduler: on resume, keep the checkpoint's LR schedule, ignoring the flags."""
+
+    def __post_init__(self):
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ValueError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
+                             "exclude each other: pass one")
 
 
 @dataclass
@@ -179,6 +189,10 @@ class TrainConfig:
     """--no-load-rng: do not restore RNG states."""
     exit_interval: Optional[int] = None
     """--exit-interval: stop (after saving) when iteration % this == 0."""
+    overwrite_checkpoint: bool = False
+    """--overwrite-checkpoint: allow --save into a directory whose tracker is at a later iteration (moves it back)."""
+    verbose_errors: bool = False
+    """--verbose-errors: print the traceback of a known error (corrupt data, bad checkpoint, full disk) too."""
 
 
 @dataclass

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
 
     from megaclap.checkpoint.generate import checkpoint_layout, generate, load_for_inference
     from megaclap.parallel.state import initialize_distributed
-    from megaclap.training.checkpointing import CheckpointError
+    from megaclap.checkpoint.format import CheckpointError
     args = build_parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from megaclap.checkpoint import io
 from megaclap.config import ModelConfig
 from megaclap.model.gpt import GPTStage
-from megaclap.training.checkpointing import RESHARD_HINT, CheckpointError, iter_dir, rank_dir
+from megaclap.checkpoint.format import RESHARD_HINT, CheckpointError, iter_dir, rank_dir
 
 
 def load_for_inference(root: str, pstate=None, device: Optional[torch.device] = None) -> GPTStage:

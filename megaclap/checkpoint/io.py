@@ -5,9 +5,9 @@ holds exactly vocab_size vocabulary rows; `shard_state` cuts any tp x pp layout 
 (padding the vocabulary for that tp). Which dim a parameter is split along, and with what
 stride, is read off a GPTStage built on the meta device (each parameter's `.tp_partition`).
 
-Written checkpoints follow megaclap.training.checkpointing: iter_XXXXXXX.tmp is filled,
-renamed, and the tracker written last, so `--load` (with `--finetune` or `--no-load-optim`
-for converted weights, which carry no optimizer state) picks it up.
+Written checkpoints use megaclap.checkpoint.format (the same schema, atomic commit and
+tracker as training), so `--load` (with `--finetune` or `--no-load-optim` for converted
+weights, which carry no optimizer state) picks them up.
 """
 from __future__ import annotations
 
@@ -24,10 +24,9 @@ from megaclap.model.gpt import GPTStage
 from megaclap.model.init import shard
 from megaclap.model.stages import layer_ranges
 from megaclap.parallel.state import GroupInfo
-from megaclap.training.checkpointing import (TRACKER, CheckpointError, iter_dir, rank_dir, read_tracker,
-                                            write_tracker)
-
-MODEL_FILE = "model_optim_rng.pt"
+from megaclap.checkpoint import format as fmt
+from megaclap.checkpoint.format import (MODEL_FILE, TRACKER, CheckpointError, iter_dir, rank_dir,  # noqa: F401
+                                       read_tracker)
 
 
 @dataclasses.dataclass
@@ -105,20 +104,17 @@ def check_full(full: dict, cfg: ModelConfig) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _shard_path(root: str, it: int, t: int, p: int, pp: int) -> str:
-    return os.path.join(iter_dir(root, it), rank_dir(t, p, pp), MODEL_FILE)
-
-
-def _load_shard(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
-    return torch.load(path, map_location="cpu", weights_only=False)
+_shard_path = fmt.shard_path
+_load_shard = fmt.load_file
 
 
 def locate(root: str) -> tuple[int, str]:
-    """(iteration, path of the tp 0 / pp 0 shard) of the tracked checkpoint in root."""
+    """(iteration, path of the tp 0 / pp 0 shard) of the tracked checkpoint in root; an
+    interrupted re-save is repaired first (format.recover) and reported on stdout."""
     if not os.path.isdir(root):
         raise CheckpointError(f"{root}: no such checkpoint directory")
+    for note in fmt.recover(root):
+        print(f" note: {note}", flush=True)
     it = read_tracker(root)
     if it is None:
         raise CheckpointError(f"{root} has no {TRACKER}: expected a megaclap checkpoint directory "
@@ -187,41 +183,37 @@ def make_args(cfg: ModelConfig, tp: int, pp: int, base: Optional[dict] = None) -
 
 def save_checkpoint(root: str, full: dict, cfg: ModelConfig, tp: int, pp: int, iteration: int = 0,
                     args: Optional[dict] = None, extra: Optional[Callable] = None,
-                    side_files: Optional[Callable] = None) -> str:
+                    side_files: Optional[Callable] = None, overwrite: bool = False,
+                    overwrite_flag: str = "--overwrite") -> str:
     """Write full weights as tp x pp shards (Megatron layout), atomically; returns the iter dir.
 
     extra(tp_rank, pp_rank, stage_state) -> dict of more entries for that shard (optimizer...);
     side_files(tp_rank, pp_rank) -> {file name: object} saved next to it (dp_rank_*.pt).
+    A root whose tracker is ahead of iteration is refused unless overwrite (the error names
+    overwrite_flag, the calling tool's flag).
     """
     check_full(full, cfg)
     check_layout(cfg, tp, pp)
+    fmt.check_not_behind(root, iteration, overwrite, overwrite_flag)
     ranges = layer_ranges(cfg.num_layers, pp)
-    final, tmp = iter_dir(root, iteration), iter_dir(root, iteration) + ".tmp"
     created = not os.path.isdir(root)
-    os.makedirs(root, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fmt.prepare(root, iteration)
     try:
         for p, (start, end) in enumerate(ranges):
             for t in range(tp):
                 model = shard_state(full, cfg, tp, t, start, end, p == 0, p == pp - 1)
-                state = {"iteration": iteration, "checkpoint_version": 3.0, "model": model,
-                         "args": make_args(cfg, tp, pp, args), "counters": {"skipped": 0, "nans": 0},
-                         "layout": {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
-                                    "layers": [start, end], "num_layers": cfg.num_layers}}
+                state = fmt.model_shard(iteration, model, make_args(cfg, tp, pp, args),
+                                        fmt.layout(tp, pp, start, end, cfg.num_layers))
                 if extra is not None:
                     state.update(extra(t, p, model))
-                sub = os.path.join(tmp, rank_dir(t, p, pp))
+                sub = os.path.join(tmp, fmt.rank_dir(t, p, pp))
                 os.makedirs(sub)
-                torch.save(state, os.path.join(sub, MODEL_FILE))
+                fmt.save_file(state, os.path.join(sub, MODEL_FILE))
                 for name, obj in (side_files(t, p) if side_files else {}).items():
-                    torch.save(obj, os.path.join(sub, name))
+                    fmt.save_file(obj, os.path.join(sub, name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created and not os.listdir(root):
             os.rmdir(root)
         raise
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    write_tracker(root, iteration)
-    return final
+    return fmt.commit(root, iteration, overwrite, overwrite_flag)

@@ -3,7 +3,8 @@
 Weights are merged to full tensors and cut again (megaclap.checkpoint.io). Adam's
 exp_avg / exp_avg_sq have their parameter's shape, so they are merged and cut the same
 way; the optimizer's param_groups (hyper-parameters) are kept and its parameter ids
-renumbered in the order megaclap.training.optimizer builds them (matrices, then vectors).
+renumbered by megaclap.checkpoint.format.optimizer_group_names, the order the optimizer
+is built in (matrices, then vectors).
 The LR schedule, loss scale and counters are kept. Per-replica files (dp_rank_*.pt: data
 cursor, RNG) are copied from the first shard with the pipeline-channel state dropped,
 since stage boundaries move.
@@ -19,15 +20,14 @@ from megaclap.checkpoint import io
 from megaclap.checkpoint.keymaps import VOCAB_PARAMS, pad_vocab, unpad_vocab
 from megaclap.model.init import shard
 from megaclap.model.stages import layer_ranges
-from megaclap.training.checkpointing import iter_dir, rank_dir
+from megaclap.checkpoint.format import iter_dir, optimizer_group_names, rank_dir
 
 KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version")
 
 
 def _group_names(stage) -> list[list[str]]:
-    """Parameter names per optimizer group, in megaclap.training.optimizer's order."""
-    named = [(n, p) for n, p in stage.named_parameters() if p.requires_grad]
-    return [[n for n, p in named if p.ndim >= 2], [n for n, p in named if p.ndim < 2]]
+    """Parameter names per optimizer group, in the optimizer's order (format.py)."""
+    return optimizer_group_names(stage.named_parameters())
 
 
 def merge_optimizer(loaded: io.Loaded) -> Optional[dict]:
@@ -96,7 +96,8 @@ def _replica_files(root: str, loaded: io.Loaded) -> dict:
     return files
 
 
-def reshard(load_dir: str, save_dir: str, tp: int, pp: int, keep_optimizer: bool = True) -> list[str]:
+def reshard(load_dir: str, save_dir: str, tp: int, pp: int, keep_optimizer: bool = True,
+            overwrite: bool = False) -> list[str]:
     """Rewrite load_dir's tracked checkpoint as tp x pp into save_dir; returns notes for the user."""
     loaded = io.load_checkpoint(load_dir)
     cfg, notes = loaded.cfg, []
@@ -119,5 +120,5 @@ def reshard(load_dir: str, save_dir: str, tp: int, pp: int, keep_optimizer: bool
         return out
 
     io.save_checkpoint(save_dir, loaded.full, cfg, tp, pp, loaded.iteration, loaded.args, extra,
-                       side_files=lambda t, p: replicas)
+                       side_files=lambda t, p: replicas, overwrite=overwrite)
     return notes

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclap.errors import UserFileNotFoundError, UserValueError
+
 from .blended import BlendedDataset, ShardStream
 from .config import parse_data_path
 from .gpt_dataset import MockGPTDataset, build_split_dataset
@@ -162,7 +164,7 @@ def _real_datasets(cfg, seq_length, seed, want_eval):
     prefixes, weights = parse_data_path(cfg.data_path)
     for p in prefixes:
         if not IndexedDataset.exists(p):
-            raise FileNotFoundError(f"--data-path {p}: {p}.bin / {p}.idx not found (give the "
+            raise UserFileNotFoundError(f"--data-path {p}: {p}.bin / {p}.idx not found (give the "
                                     "prefix written by tools/preprocess_data.py)")
     train, source = None, None
     if cfg.online and weights is None:   # shards in order, each opened when reached
@@ -173,7 +175,7 @@ def _real_datasets(cfg, seq_length, seed, want_eval):
     else:
         train = _split_dataset(cfg, prefixes, weights, 0, seq_length, seed, online=cfg.online)
         if train is None:
-            raise ValueError(f"--split {cfg.split} leaves no training documents")
+            raise UserValueError(f"--split {cfg.split} leaves no training documents")
         source = RangeSource(len(train))
     valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed) if want_eval else None
     test = _split_dataset(cfg, prefixes, weights, 2, seq_length, seed) if want_eval else None

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from megaclap.errors import UserValueError
+
 from .cache import IndexCache, file_fingerprint
 from .indexed_dataset import IndexedDataset, bin_path, idx_path, read_index_header
 
@@ -121,7 +123,7 @@ class GPTDataset:
         self.document_index = arrays["document_index"]   # [L]
         self.sample_index = arrays["sample_index"]       # [N+1, 2]
         if len(self) == 0:
-            raise ValueError(f"{prefix}: the {split_name} split (documents {doc_range}) has fewer "
+            raise UserValueError(f"{prefix}: the {split_name} split (documents {doc_range}) has fewer "
                              f"than seq_length + 1 = {seq_length + 1} tokens; lower --seq-length "
                              "or change --split")
 

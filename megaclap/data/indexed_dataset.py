@@ -25,6 +25,8 @@ from array import array
 
 import numpy as np
 
+from megaclap.errors import UserValueError
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 HEADER_BYTES = 34  # magic 9 + version 8 + dtype 1 + sequence count 8 + document count 8
@@ -42,8 +44,9 @@ DTYPE_CODES = {
 CODE_OF_DTYPE = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(ValueError):
-    """A `.bin/.idx` pair failed a format check; the message names the check."""
+class IndexedDatasetError(UserValueError):
+    """A `.bin/.idx` pair failed a format check; the message names the check (a ValueError
+    and a megaclap.errors.UserError: the job ends with this one line)."""
 
 
 def best_dtype(vocab_size):
@@ -122,9 +125,11 @@ class IndexedDataset:
             self._bin = np.memmap(bpath, dtype=self.dtype, mode="r")
 
     def _check(self, ipath, bpath):
-        """Refuse empty datasets, bad document indices and a .bin shorter than its pointers.
+        """Refuse empty datasets, bad document indices, negative sequence lengths and a .bin
+        shorter than its pointers.
 
-        O(1) checks only: opening a huge corpus must not page its whole index in.
+        The lengths are scanned with plain reads in chunks (4 bytes per sequence, no memmap
+        pages kept); the other checks are O(1).
         """
         seqs, docs = len(self.sequence_lengths), self.document_indices
         end = 0 if seqs == 0 else \
@@ -135,10 +140,21 @@ class IndexedDataset:
         if docs[0] != 0 or docs[-1] > seqs:
             raise IndexedDatasetError(f"{ipath}: bad document indices: they must rise from 0 "
                                       f"to at most S={seqs}")
+        self._check_lengths(ipath, seqs)
         have = os.path.getsize(bpath)
         if have < end:
             raise IndexedDatasetError(f"{bpath}: .bin too short: {have} bytes, but the .idx "
                                       f"pointers need {end}; the .bin is truncated or stale")
+
+    def _check_lengths(self, ipath, seqs, chunk=1 << 22):
+        with open(ipath, "rb") as f:
+            f.seek(HEADER_BYTES)
+            for start in range(0, seqs, chunk):
+                part = np.fromfile(f, np.int32, min(chunk, seqs - start))
+                if part.size and part.min() < 0:
+                    i = start + int(np.argmax(part < 0))
+                    raise IndexedDatasetError(f"{ipath}: sequence {i} has negative length {int(part[i - start])}: "
+                                              "the .idx is corrupt; re-run tools/preprocess_data.py")
 
     def __len__(self):
         """Number of sequences (S)."""

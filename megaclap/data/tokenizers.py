@@ -15,6 +15,8 @@ Heavy libraries are imported only when the matching tokenizer is built.
 import json
 import os
 
+from megaclap.errors import UserFileNotFoundError, UserValueError
+
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 
 
@@ -25,13 +27,13 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         if not os.path.isfile(model_file):
-            raise FileNotFoundError(f"--tokenizer-model {model_file}: no such sentencepiece model")
+            raise UserFileNotFoundError(f"--tokenizer-model {model_file}: no such sentencepiece model")
         self.model_file = model_file
         self._sp = spm.SentencePieceProcessor(model_file=model_file)
         self.vocab_size = self._sp.get_piece_size()
         self.eod = self._sp.eos_id()
         if self.eod < 0:
-            raise ValueError(f"{model_file} has no eos piece (trained with eos_id=-1); "
+            raise UserValueError(f"{model_file} has no eos piece (trained with eos_id=-1); "
                              "retrain with tools/train_tokenizer.py")
 
     def tokenize(self, text):
@@ -52,7 +54,7 @@ class HuggingFaceTokenizer:
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"--tokenizer-model {path}: no tokenizer.json there")
+            raise UserFileNotFoundError(f"--tokenizer-model {path}: no tokenizer.json there")
         self._tok = Tokenizer.from_file(file)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eod = self._find_eod(folder, file)
@@ -68,7 +70,7 @@ class HuggingFaceTokenizer:
             tid = self._tok.token_to_id(name)
             if tid is not None:
                 return tid
-        raise ValueError(f"{file}: no end-of-document token found (tried {_EOS_CANDIDATES}); "
+        raise UserValueError(f"{file}: no end-of-document token found (tried {_EOS_CANDIDATES}); "
                          "set eos_token in tokenizer_config.json next to it")
 
     def tokenize(self, text):

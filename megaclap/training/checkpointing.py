@@ -1,61 +1,39 @@
-"""Checkpoints in Megatron's torch layout, written atomically, resumed exactly.
+"""Saving and resuming a training run, in the format of megaclap.checkpoint.format.
 
-    <save>/latest_checkpointed_iteration.txt          written last (tmp file + rename)
     <save>/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt   model, optimizer, schedule, args
     <save>/iter_0000100/mp_rank_TT[_PPP]/dp_rank_DDD.pt        per data-parallel replica: RNG
                                                                 states, data cursor, Channel state
-Every rank writes into iter_XXXXXXX.tmp; after a barrier rank 0 renames it and then updates
-the tracker, so a crash mid-save leaves the previous checkpoint (and the tracker) intact.
+Every rank writes into iter_XXXXXXX.tmp; after a barrier rank 0 commits it (format.commit:
+old copy aside, new one in, tracker, then delete), so a crash at any point leaves a
+complete, tracked checkpoint.
+
+Resume rules, as Megatron's:
+- LR schedule flags that differ from the checkpoint's are refused unless
+  --override-opt_param-scheduler (this run's) or --use-checkpoint-opt_param-scheduler.
+- Another data-parallel size: the data cursor (global, dp-independent) comes from
+  dp_rank_000.pt, RNG is reseeded and pipeline Channel references start fresh (one line
+  says so). At the same dp size a missing dp_rank_DDD.pt is an error.
+- --save into a directory whose tracker is ahead of this run is refused unless
+  --overwrite-checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import random
-import shutil
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-TRACKER = "latest_checkpointed_iteration.txt"
-RESHARD_HINT = "convert it with tools/checkpoint/reshard.py --target-tensor-parallel-size T --target-pipeline-parallel-size P"
+from megaclap.checkpoint import format as fmt
+from megaclap.checkpoint.format import (RESHARD_HINT, TRACKER, CheckpointError, iter_dir,  # noqa: F401
+                                        rank_dir, read_tracker, write_tracker)
 
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def iter_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def rank_dir(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
-
-
-def read_tracker(root: str) -> Optional[int]:
-    path = os.path.join(root, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{path} holds {text!r}, expected an iteration number")
-    it = int(text)
-    if not os.path.isdir(iter_dir(root, it)):
-        raise CheckpointError(f"{path} points at iteration {it} but {iter_dir(root, it)} is missing; "
-                              "fix the tracker to a saved iteration or remove it to start fresh")
-    return it
-
-
-def write_tracker(root: str, iteration: int) -> None:
-    """Point the tracker at iteration (atomically: tmp file + rename). Call after the rename
-    of the iteration directory, so the tracker never names a partial checkpoint."""
-    tmp = os.path.join(root, TRACKER + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(str(iteration))
-    os.replace(tmp, os.path.join(root, TRACKER))
+# LRScheduler.state_dict keys (Megatron's names) -> the flag that sets each
+SCHEDULE_FLAGS = {"max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "--lr-warmup-iters",
+                  "lr_decay_steps": "--lr-decay-iters (default --train-iters)", "lr_decay_style": "--lr-decay-style"}
 
 
 def rng_state() -> dict:
@@ -73,6 +51,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def reseed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def reconcile_schedule(saved: dict, current: dict, optim_cfg) -> dict:
+    """The scheduler state to load: Megatron's check of the saved schedule against this run's flags."""
+    if optim_cfg.override_opt_param_scheduler:
+        return {**current, "num_steps": saved["num_steps"]}
+    if optim_cfg.use_checkpoint_opt_param_scheduler:
+        return saved
+    diffs = [f"{flag} {current[k]} (checkpoint: {saved[k]})" for k, flag in SCHEDULE_FLAGS.items()
+             if k in saved and k in current and saved[k] != current[k]]
+    if diffs:
+        raise CheckpointError(f"the LR schedule differs from the checkpoint's: {'; '.join(diffs)}; pass "
+                              "--override-opt_param-scheduler to use this run's flags or "
+                              "--use-checkpoint-opt_param-scheduler to keep the checkpoint's")
+    return saved
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -80,47 +79,45 @@ def _barrier() -> None:
 
 def _layout(trainer) -> dict:
     ps, stage = trainer.ps, trainer.stage
-    return {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
-            "layers": [stage.start, stage.end], "num_layers": trainer.cfg.model.num_layers}
+    return fmt.layout(ps.tp_size, ps.pp_size, stage.start, stage.end, trainer.cfg.model.num_layers, ps.dp_size)
 
 
 class Checkpointer:
-    """--save / --save-interval / --load / --finetune / --no-load-optim / --no-load-rng / --exit-interval."""
+    """--save / --save-interval / --load / --finetune / --no-load-optim / --no-load-rng / --exit-interval
+    / --overwrite-checkpoint."""
 
-    def __init__(self, cfg, pstate):
+    def __init__(self, cfg, pstate, print_fn=None):
         self.cfg, self.ps = cfg, pstate
+        self.print = print_fn or (lambda s: print(s, flush=True))
         self.last_saved: Optional[int] = None
 
     # --- save -------------------------------------------------------------------------------
     def save(self, trainer) -> str:
         root, ps, it = self.cfg.train.save, self.ps, trainer.iteration
-        final, tmp = iter_dir(root, it), iter_dir(root, it) + ".tmp"
+        overwrite = self.cfg.train.overwrite_checkpoint
+        tmp = iter_dir(root, it) + fmt.TMP_SUFFIX
         if ps.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp, exist_ok=True)
+            fmt.check_not_behind(root, it, overwrite, "--overwrite-checkpoint")
+            fmt.prepare(root, it)
         _barrier()
         sub = os.path.join(tmp, rank_dir(ps.tp_rank, ps.pp_rank, ps.pp_size))
         os.makedirs(sub, exist_ok=True)
         if ps.dp_rank == 0:
-            torch.save(self._model_state(trainer), os.path.join(sub, "model_optim_rng.pt"))
-        torch.save(self._replica_state(trainer), os.path.join(sub, f"dp_rank_{ps.dp_rank:03d}.pt"))
+            fmt.save_file(self._model_state(trainer), os.path.join(sub, fmt.MODEL_FILE))
+        fmt.save_file(self._replica_state(trainer), os.path.join(sub, fmt.replica_file(ps.dp_rank)))
         _barrier()
         if ps.rank == 0:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            write_tracker(root, it)
+            fmt.commit(root, it, overwrite, "--overwrite-checkpoint")
         _barrier()
         self.last_saved = it
-        return final
+        return iter_dir(root, it)
 
     def _model_state(self, trainer) -> dict:
-        return {"iteration": trainer.iteration, "checkpoint_version": 3.0,
-                "consumed_samples": trainer.iteration * self.cfg.train.global_batch_size, "model": trainer.stage.state_dict(),
-                "optimizer": trainer.optimizer.state_dict(), "opt_param_scheduler": trainer.scheduler.state_dict(),
-                "loss_scaler": trainer.scaler.state_dict(), "rng_state": rng_state(),
-                "args": dataclasses.asdict(self.cfg), "layout": _layout(trainer),
-                "counters": {"skipped": trainer.skipped, "nans": trainer.nans}}
+        return fmt.model_shard(
+            trainer.iteration, trainer.stage.state_dict(), dataclasses.asdict(self.cfg), _layout(trainer),
+            consumed_samples=trainer.iteration * self.cfg.train.global_batch_size, optimizer=trainer.optimizer.state_dict(),
+            opt_param_scheduler=trainer.scheduler.state_dict(), loss_scaler=trainer.scaler.state_dict(),
+            rng_state=rng_state(), counters={"skipped": trainer.skipped, "nans": trainer.nans})
 
     def _replica_state(self, trainer) -> dict:
         sources = {k: getattr(trainer.data, k) for k in ("train", "valid", "test")}
@@ -129,21 +126,35 @@ class Checkpointer:
 
     # --- load -------------------------------------------------------------------------------
     def load(self, trainer) -> Optional[int]:
-        """Resume from --load (latest tracked iteration); a missing tracker starts fresh."""
+        """Resume from --load (latest tracked iteration; a missing tracker starts fresh), then
+        check that --save would not move another run's tracker back."""
+        it = self._load(trainer)
+        t = self.cfg.train
+        if t.save:
+            fmt.check_not_behind(t.save, trainer.iteration, t.overwrite_checkpoint, "--overwrite-checkpoint")
+            if it is not None and os.path.realpath(t.save) == os.path.realpath(t.load) and it == trainer.iteration:
+                self.last_saved = it  # already on disk: no re-save when nothing is trained
+        return it
+
+    def _load(self, trainer) -> Optional[int]:
         root = self.cfg.train.load
         if not root:
             return None
+        if self.ps.rank == 0:
+            for note in fmt.recover(root):
+                self.print(f" note: {note}")
+        _barrier()
         it = read_tracker(root)
         if it is None:
             if self.ps.rank == 0:
-                print(f" no checkpoint tracker in {root}: training from scratch", flush=True)
+                self.print(f" no checkpoint tracker in {root}: training from scratch")
             return None
         sub = os.path.join(iter_dir(root, it), rank_dir(self.ps.tp_rank, self.ps.pp_rank, self.ps.pp_size))
-        path = os.path.join(sub, "model_optim_rng.pt")
+        path = os.path.join(sub, fmt.MODEL_FILE)
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is missing: the checkpoint was saved with another parallel layout; "
                                   + RESHARD_HINT)
-        state = torch.load(path, map_location=self.ps.device, weights_only=False)
+        state = fmt.load_file(path, self.ps.device)
         self._check_layout(state, path)
         trainer.stage.load_state_dict(state["model"])
         if self.cfg.train.finetune:
@@ -167,27 +178,52 @@ class Checkpointer:
         trainer.skipped, trainer.nans = counters.get("skipped", 0), counters.get("nans", 0)
         if t.no_load_optim or "optimizer" not in state:
             if not t.no_load_optim and self.ps.rank == 0:
-                print(f" checkpoint at iteration {trainer.iteration} has no optimizer state (converted?): "
-                      "the optimizer starts fresh", flush=True)
+                self.print(f" checkpoint at iteration {trainer.iteration} has no optimizer state (converted?): "
+                           "the optimizer starts fresh")
             trainer.scheduler.load_state_dict({"num_steps": trainer.iteration})
         else:
             trainer.optimizer.load_state_dict(state["optimizer"])
-            trainer.scheduler.load_state_dict(state["opt_param_scheduler"])
+            trainer.scheduler.load_state_dict(reconcile_schedule(
+                state["opt_param_scheduler"], trainer.scheduler.state_dict(), self.cfg.optim))
             trainer.scaler.load_state_dict(state["loss_scaler"])
-        replica_path = os.path.join(sub, f"dp_rank_{self.ps.dp_rank:03d}.pt")
-        replica = torch.load(replica_path, map_location=self.ps.device, weights_only=False) \
-            if os.path.isfile(replica_path) else None
-        if replica is not None:
-            for key, sd in replica["data"].items():
-                getattr(trainer.data, key).load_state_dict(sd)
+        self._restore_replica(trainer, state, sub)
+
+    def _saved_dp(self, state: dict, sub: str) -> Optional[int]:
+        dp = state.get("layout", {}).get("data_parallel_size")
+        if dp is None:  # written before the layout recorded it, or by a tool: count the replica files
+            dp = len([n for n in os.listdir(sub) if n.startswith("dp_rank_") and n.endswith(".pt")]) or None
+        return dp
+
+    def _restore_replica(self, trainer, state: dict, sub: str) -> None:
+        """Data cursor, RNG and Channel state from dp_rank_DDD.pt (see the module docstring)."""
+        ps, t = self.ps, self.cfg.train
+        saved_dp = self._saved_dp(state, sub)
+        if saved_dp is None:
+            if ps.rank == 0:
+                self.print(f" {sub} has no dp_rank_*.pt (converted weights?): data, RNG and Channel state start fresh")
+            return
+        same = saved_dp == ps.dp_size
+        replica = fmt.load_file(os.path.join(sub, fmt.replica_file(ps.dp_rank if same else 0)), ps.device,
+                                "per-replica state (data cursor, RNG, Channel references)")
+        for key, sd in replica["data"].items():
+            source = getattr(trainer.data, key)
+            if source is not None:
+                source.load_state_dict(sd)
+        if same:
             if replica["channels"] is not None and trainer.p2p is not None:
                 trainer.p2p.load_state_dict(replica["channels"])
             if not t.no_load_rng:
                 set_rng_state(replica["rng_state"])
+            return
+        reseed(t.seed + 100 * ps.pp_rank + trainer.iteration)
+        if ps.rank == 0:
+            self.print(f" data-parallel size changed from {saved_dp} to {ps.dp_size}: data position from the global "
+                       f"consumed-samples count ({trainer.data.train.consumed_samples}), RNG reseeded, "
+                       "pipeline Channel references reset")
 
     def _report(self, it: int, root: str) -> int:
         if self.ps.rank == 0:
-            print(f" loaded checkpoint from {root} at iteration {it}", flush=True)
+            self.print(f" loaded checkpoint from {root} at iteration {it}")
         return it
 
     # --- hooks from the training loop -------------------------------------------------------

@@ -1,17 +1,19 @@
 """AdamW (apex FusedAdam when importable), Megatron's LR schedule, and the fp16 loss scaler."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
+from megaclap.checkpoint.format import optimizer_group_names
+
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm weights (1-D tensors), as Megatron."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
+    """No weight decay on biases and norm weights (1-D tensors), as Megatron; the order is
+    megaclap.checkpoint.format's, which the resharding tool relies on."""
+    params = dict(model.named_parameters())
+    decay, no_decay = ([params[n] for n in names] for names in optimizer_group_names(params.items()))
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -29,10 +31,14 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> 
 
 class LRScheduler:
     """Linear warmup to --lr over --lr-warmup-iters, then constant / linear / cosine decay to
-    --min-lr at --lr-decay-iters (Megatron's OptimizerParamScheduler, iteration-based)."""
+    --min-lr at --lr-decay-iters (Megatron's OptimizerParamScheduler, iteration-based).
+    state_dict holds the schedule (Megatron's key names) so a resume can check it."""
+
+    FIELDS = {"max_lr": "lr", "min_lr": "min_lr", "lr_warmup_steps": "lr_warmup_iters",
+              "lr_decay_steps": "lr_decay_iters", "lr_decay_style": "lr_decay_style"}
 
     def __init__(self, optimizer: torch.optim.Optimizer, optim_cfg):
-        self.optimizer, self.cfg, self.num_steps = optimizer, optim_cfg, 0
+        self.optimizer, self.cfg, self.num_steps = optimizer, dataclasses.replace(optim_cfg), 0
         self.step(0)
 
     def get_lr(self) -> float:
@@ -54,9 +60,12 @@ class LRScheduler:
         return lr
 
     def state_dict(self) -> dict:
-        return {"num_steps": self.num_steps}
+        return {"num_steps": self.num_steps, **{k: getattr(self.cfg, f) for k, f in self.FIELDS.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
+        for key, name in self.FIELDS.items():
+            if key in sd:
+                setattr(self.cfg, name, sd[key])
         self.num_steps = 0
         self.step(sd["num_steps"])
 

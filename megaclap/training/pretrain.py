@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from megaclap.arguments import parse_args
 from megaclap.config import ConfigError, MegaclapConfig
+from megaclap.errors import EXIT_CODE, UserError, report
 
 
 def resolve_vocab_size(cfg: MegaclapConfig) -> None:
@@ -55,12 +56,22 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the job; a known problem (megaclap.errors.UserError) ends it with one line and exit code 2."""
     try:
         cfg, pstate = setup(argv)
-    except ConfigError as e:
-        print(f"megaclap: configuration error: {e}", file=sys.stderr)
-        return 2
-    run(cfg, pstate)
+    except (ConfigError, UserError) as e:  # before the process group: same on every rank, print once per node
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            kind = "configuration error" if isinstance(e, ConfigError) else "error"
+            print(f"megaclap: {kind}: {e}", file=sys.stderr, flush=True)
+        return EXIT_CODE
+    try:
+        run(cfg, pstate)
+    except Exception as e:  # re-raised unless known (or a consequence of a peer's known error)
+        code = report(e, pstate.rank, cfg.train.verbose_errors)
+        sys.stdout.flush()
+        if pstate.world_size > 1:  # peers blocked in a collective see this process go; torchrun tears down
+            os._exit(code)
+        return code
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

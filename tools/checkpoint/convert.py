@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError, ModelConfig  # noqa: E402
-from megaclap.training.checkpointing import CheckpointError  # noqa: E402
+from megaclap.checkpoint.format import CheckpointError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=None,
                    help="vocabulary padding multiple (per tp rank); default 128, or the checkpoint's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write even when --save-dir's tracker is at a later iteration (moves it back)")
     return p
 
 
@@ -66,7 +68,8 @@ def convert(args: argparse.Namespace) -> str:
         hf.write_hf(args.save_dir, args.model_type, full, cfg)
         return f"wrote Hugging Face {args.model_type} model to {args.save_dir}"
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
-    where = io.save_checkpoint(args.save_dir, full, cfg, tp, pp, iteration, base_args)
+    where = io.save_checkpoint(args.save_dir, full, cfg, tp, pp, iteration, base_args,
+                               overwrite=getattr(args, "overwrite", False))
     return (f"wrote tp={tp} pp={pp} megaclap checkpoint to {where}\n"
             f"load it with --load {args.save_dir} --finetune (or --no-load-optim), "
             f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp} and\n  {model_flags(cfg)}")

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError  # noqa: E402
-from megaclap.training.checkpointing import CheckpointError  # noqa: E402
+from megaclap.checkpoint.format import CheckpointError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-tensor-parallel-size", type=int, required=True)
     p.add_argument("--target-pipeline-parallel-size", type=int, required=True)
     p.add_argument("--no-optimizer", action="store_true", help="write weights only (drop Adam state)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write even when --save-dir's tracker is at a later iteration (moves it back)")
     return p
 
 
@@ -35,7 +37,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
     try:
-        notes = reshard(args.load_dir, args.save_dir, tp, pp, keep_optimizer=not args.no_optimizer)
+        notes = reshard(args.load_dir, args.save_dir, tp, pp, keep_optimizer=not args.no_optimizer,
+                        overwrite=args.overwrite)
     except (ConversionError, CheckpointError, ConfigError) as e:
         print(f"reshard: error: {e}", file=sys.stderr)
         return 2
