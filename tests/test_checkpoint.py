@@ -122,3 +122,79 @@ def test_killed_rank_restarts_and_finishes_with_same_loss(tmp_path):
     faulty = (tmp_path / "faulty.log").read_text()
     assert "loaded checkpoint" in faulty
     assert _final_loss(faulty, iters) == _final_loss((tmp_path / "straight.log").read_text(), iters)
+
+
+# --- crash-safe re-save (format.commit) and tracker-ahead refusal ----------------------------------
+def _trained(argv, steps=2):
+    from tests.train_utils import make_trainer
+    tr = make_trainer(0, 1, argv)
+    for _ in range(steps):
+        tr.train_step(tr.data.train.next_batch())
+    return tr
+
+
+def _weights(tr):
+    return {k: v.clone() for k, v in tr.stage.state_dict().items()}
+
+
+@pytest.mark.parametrize("crash", ["between the renames", "before the tracker"])
+def test_resave_interrupted_keeps_a_complete_checkpoint(tmp_path, monkeypatch, crash):
+    from megaclap.checkpoint import format as fmt
+    from megaclap.training.checkpointing import Checkpointer
+    ckpt = str(tmp_path / "ckpt")
+    argv = tiny_args(layers=2, extra=["--save", ckpt, "--load", ckpt])
+    tr = _trained(argv)
+    Checkpointer(tr.cfg, tr.ps).save(tr)
+    old = _weights(tr)
+    with torch.no_grad():
+        for p in tr.stage.parameters():
+            p.add_(1.0)
+    new = _weights(tr)
+    renames = []
+
+    def rename(src, dst):
+        renames.append(dst)
+        if crash == "between the renames" and len(renames) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        os.replace(src, dst)
+
+    def tracker(root, it):
+        raise KeyboardInterrupt("killed before the tracker")
+    monkeypatch.setattr(fmt, "_rename", rename)
+    if crash == "before the tracker":
+        monkeypatch.setattr(fmt, "write_tracker", tracker)
+    with pytest.raises(KeyboardInterrupt):
+        Checkpointer(tr.cfg, tr.ps).save(tr)
+    monkeypatch.undo()
+    if crash == "between the renames":  # iter_0000002 is aside: the reader says where it is
+        with pytest.raises(CheckpointError, match=r"iter_0000002\.old holds it"):
+            read_tracker(ckpt)
+    fresh = _trained(argv, steps=0)
+    notes = []
+    ck = Checkpointer(fresh.cfg, fresh.ps, print_fn=notes.append)
+    assert ck.load(fresh) == 2
+    expected = old if crash == "between the renames" else new
+    for k, v in _weights(fresh).items():
+        assert torch.equal(v, expected[k]), k
+    assert any(("restored" if crash == "between the renames" else "removed") in n for n in notes), notes
+    assert sorted(os.listdir(ckpt)) == ["iter_0000002", "iter_0000002.tmp", "latest_checkpointed_iteration.txt"] \
+        if crash == "between the renames" else ["iter_0000002", "latest_checkpointed_iteration.txt"]
+
+
+def test_new_run_into_a_later_runs_directory_is_refused(tmp_path):
+    from megaclap.training.checkpointing import Checkpointer
+    ckpt = str(tmp_path / "ckpt")
+    tr = _trained(tiny_args(layers=2, extra=["--save", ckpt]), steps=3)
+    Checkpointer(tr.cfg, tr.ps).save(tr)
+    again = _trained(tiny_args(layers=2, extra=["--save", ckpt]), steps=0)
+    with pytest.raises(CheckpointError, match="already holds iteration 3.*--overwrite-checkpoint"):
+        Checkpointer(again.cfg, again.ps).load(again)
+    again.iteration = 1  # the save itself refuses too (one check in format.commit)
+    with pytest.raises(CheckpointError, match="--overwrite-checkpoint"):
+        Checkpointer(again.cfg, again.ps).save(again)
+    assert read_tracker(ckpt) == 3 and not os.path.exists(os.path.join(ckpt, "iter_0000001"))
+    forced = _trained(tiny_args(layers=2, extra=["--save", ckpt, "--overwrite-checkpoint"]), steps=1)
+    ck = Checkpointer(forced.cfg, forced.ps)
+    ck.load(forced)
+    ck.save(forced)
+    assert read_tracker(ckpt) == 1

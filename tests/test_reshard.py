@@ -76,3 +76,28 @@ def test_reshard_without_optimizer_and_errors(tmp_path, capsys):
     assert main(["--load-dir", str(tmp_path / "missing"), "--save-dir", str(tmp_path / "bad"),
                  "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"]) == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_tools_refuse_to_move_a_later_tracker_back(tmp_path, capsys):
+    """HF conversion (iteration 0) or resharding into a directory tracked at a later iteration."""
+    from megaclap.checkpoint.format import read_tracker
+    from tests.convert_utils import hf_model
+    hf_model("gpt2", tmp_path / "hf")
+    convert = tool("tools/checkpoint/convert.py").main
+    live = str(tmp_path / "live")
+    hf_args = ["--model-type", "gpt2", "--loader", "hf", "--saver", "megaclap", "--load-dir", str(tmp_path / "hf")]
+    assert convert(hf_args + ["--save-dir", live]) == 0
+    loaded = io.load_checkpoint(live)
+    io.save_checkpoint(live, loaded.full, loaded.cfg, 1, 1, iteration=100)   # a run at iteration 100
+    assert convert(hf_args + ["--save-dir", live]) == 2
+    err = capsys.readouterr().err
+    assert "already holds iteration 100" in err and "--overwrite" in err and read_tracker(live) == 100
+    main = tool("tools/checkpoint/reshard.py").main
+    target = ["--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"]
+    assert main(["--load-dir", str(tmp_path / "hf_ck"), "--save-dir", live] + target) == 2  # no such dir
+    assert convert(hf_args + ["--save-dir", str(tmp_path / "hf_ck")]) == 0
+    assert main(["--load-dir", str(tmp_path / "hf_ck"), "--save-dir", live] + target) == 2
+    assert "--overwrite" in capsys.readouterr().err and read_tracker(live) == 100
+    assert main(["--load-dir", str(tmp_path / "hf_ck"), "--save-dir", live, "--overwrite"] + target) == 0
+    assert read_tracker(live) == 0
+    assert convert(hf_args + ["--save-dir", live]) == 0  # same iteration: a re-save, allowed
