@@ -2,7 +2,6 @@
 on-disk cache (hit, corrupt, stale) and the mock corpus."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -80,7 +79,8 @@ def test_multi_sequence_documents_stay_together(tmp_path):
     seqs = np.asarray(ds.document_index).reshape(-1, 2)
     assert np.all(seqs[:, 1] == seqs[:, 0] + 1)        # a document's sequences in order
     flat = ds.get_batch(np.arange(len(ds)))[:, :-1].reshape(-1)
-    assert np.all(np.diff(flat)[np.diff(flat) != 0] != 0)  # runs of one document id
+    expected = np.repeat(seqs[:, 0] // 2, 6)                # document d is 6 tokens of value d
+    np.testing.assert_array_equal(flat, expected[:len(flat)])
 
 
 def test_split_by_document_matches_megatron():
@@ -163,14 +163,14 @@ def test_cache_hit_then_corrupt_and_stale_entries_are_rebuilt(tmp_path):
     assert not GPTDataset(prefix, (0, 100), 8, seed=1, cache_dir=cache).cache_hit
 
 
-def test_index_build_is_vectorised(tmp_path):
+def test_index_build_on_a_large_corpus_counts_every_sample(tmp_path):
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 2000, 200_000).astype(np.int32)   # ~2e8 tokens
-    start = time.perf_counter()
     doc_idx = rng.permutation(len(lengths)).astype(np.int32)
     index = build_sample_index(lengths, doc_idx, 1024)
-    assert time.perf_counter() - start < 5.0
     assert len(index) - 1 == (int(lengths.sum()) - 1) // 1024
+    ends = np.concatenate([[0], np.cumsum(lengths[doc_idx], dtype=np.int64)])  # sample i starts at token 1024 i
+    assert np.array_equal(ends[index[:, 0]] + index[:, 1], 1024 * np.arange(len(index)))
 
 
 def test_too_short_split_names_the_flags(tmp_path):

@@ -4,7 +4,6 @@ import re
 import pytest
 import torch
 
-from megaclap.training.optimizer import LossScaler
 from tests.dist import run_ranks
 from tests.train_utils import tiny_args, train_worker
 
@@ -59,16 +58,19 @@ def test_bf16_autocast_trains_on_cpu():
     assert res["losses"][-1] < res["losses"][0]
 
 
-def test_fp16_dynamic_loss_scaler_skips_and_halves():
-    s = LossScaler(True, initial=2.0 ** 16, window=2)
-    s.update(found_inf=True)
-    assert s.scale == 2.0 ** 15
-    s.update(False)
-    s.update(False)
-    assert s.scale == 2.0 ** 16
-    static = LossScaler(True, static=128.0)
-    static.update(True)
-    assert static.scale == 128.0 and not LossScaler(False).enabled
+def test_fp16_overflow_skips_the_step_and_leaves_the_optimizer_untouched():
+    from tests.train_utils import make_trainer
+    tr = make_trainer(0, 1, tiny_args(layers=2, extra=["--fp16", "--initial-loss-scale", str(2.0 ** 40)]))
+    before = {n: p.detach().clone() for n, p in tr.stage.named_parameters()}
+    lr = tr.optimizer.param_groups[0]["lr"]
+    out = tr.train_step(tr.data.train.next_batch())   # loss x 2^40 overflows fp16 gradients
+    assert out["skipped"] and tr.skipped == 1 and tr.scaler.scale == 2.0 ** 39
+    assert all(torch.equal(p, before[n]) for n, p in tr.stage.named_parameters())
+    assert not tr.optimizer.state and tr.scheduler.num_steps == 0 and tr.optimizer.param_groups[0]["lr"] == lr
+    tr.scaler.scale = 2.0 ** 8
+    out = tr.train_step(tr.data.train.next_batch())
+    assert not out["skipped"] and tr.scheduler.num_steps == 1 and len(tr.optimizer.state) > 0
+    assert any(not torch.equal(p, before[n]) for n, p in tr.stage.named_parameters())
 
 
 def test_recompute_full_gives_same_gradients():
