@@ -44,7 +44,7 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
                  f"pp {pstate.pp_size}, device {pstate.device.type}, "
                  f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
-    checkpointer = Checkpointer(cfg, pstate)
+    checkpointer = Checkpointer(cfg, pstate, print_fn=print_fn)
     checkpointer.load(trainer)
     trainer.train(checkpointer)
     checkpointer.finish(trainer)
