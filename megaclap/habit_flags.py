@@ -131,5 +131,5 @@ def habit_notes(given: dict) -> list:
     for flag, value in given.items():
         shown = flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
         reason = NO_EFFECT[flag][1] if flag in NO_EFFECT else "a no-op at this layout, as in Megatron-LM"
-        lines.append(f" > {shown}: no effect in megaclap ({reason})")
+        lines.append(f" > {shown}: accepted, no effect in megaclap: {reason}")
     return lines

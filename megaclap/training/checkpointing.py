@@ -13,11 +13,14 @@ import dataclasses
 import os
 import random
 import shutil
+import time
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from megaclap.training.startup import checkpoint_line
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RESHARD_HINT = "convert it with tools/checkpoint/reshard.py --target-tensor-parallel-size T --target-pipeline-parallel-size P"
@@ -94,6 +97,7 @@ class Checkpointer:
     # --- save -------------------------------------------------------------------------------
     def save(self, trainer) -> str:
         root, ps, it = self.cfg.train.save, self.ps, trainer.iteration
+        started = time.perf_counter()
         final, tmp = iter_dir(root, it), iter_dir(root, it) + ".tmp"
         if ps.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -112,11 +116,14 @@ class Checkpointer:
             write_tracker(root, it)
         _barrier()
         self.last_saved = it
+        if ps.rank == 0:
+            trainer.print(checkpoint_line("saved", root, it, time.perf_counter() - started,
+                                          f"{ps.tp_size * ps.pp_size} model shards, {ps.dp_size} data-parallel cursors"))
         return final
 
     def _model_state(self, trainer) -> dict:
         return {"iteration": trainer.iteration, "checkpoint_version": 3.0,
-                "consumed_samples": trainer.iteration * self.cfg.train.global_batch_size, "model": trainer.stage.state_dict(),
+                "consumed_samples": trainer.consumed_samples, "model": trainer.stage.state_dict(),
                 "optimizer": trainer.optimizer.state_dict(), "opt_param_scheduler": trainer.scheduler.state_dict(),
                 "loss_scaler": trainer.scaler.state_dict(), "rng_state": rng_state(),
                 "args": dataclasses.asdict(self.cfg), "layout": _layout(trainer),
@@ -163,13 +170,14 @@ class Checkpointer:
     def _restore_training(self, trainer, state: dict, sub: str) -> None:
         t = self.cfg.train
         trainer.iteration = state["iteration"]
+        trainer.consumed_samples = state.get("consumed_samples", trainer.iteration * self.cfg.train.global_batch_size)
         counters = state.get("counters", {})
         trainer.skipped, trainer.nans = counters.get("skipped", 0), counters.get("nans", 0)
         if t.no_load_optim or "optimizer" not in state:
             if not t.no_load_optim and self.ps.rank == 0:
                 print(f" checkpoint at iteration {trainer.iteration} has no optimizer state (converted?): "
                       "the optimizer starts fresh", flush=True)
-            trainer.scheduler.load_state_dict({"num_steps": trainer.iteration})
+            trainer.scheduler.load_state_dict({"num_steps": trainer.consumed_samples})
         else:
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(state["opt_param_scheduler"])
