@@ -6,6 +6,7 @@ defaults from the dataclass), plus the Megatron-only flags of megaclap.habit_fla
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Optional, Sequence
 
 from megaclap.compression.config import CompressionConfig, add_compression_args
@@ -20,7 +21,7 @@ ALL_SECTIONS = SECTIONS + (("data", DataConfig), ("compression", CompressionConf
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="megaclap GPT pretraining (Megatron-LM flag names)",
-                                     allow_abbrev=False)
+                                     allow_abbrev=False, exit_on_error=False)
     for name, cls in SECTIONS:
         add_dataclass_args(parser, cls, name)
     add_data_args(parser)
@@ -29,12 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _value_error(e: argparse.ArgumentError) -> str:
+    m = re.match(r"invalid choice: '?(.*?)'? \(choose from (.*)\)$", e.message)
+    if m:
+        choices = [c.strip(" '") for c in m.group(2).split(",")]
+        return f"{e.argument_name} {m.group(1)!r} is not one of {choices}"
+    return f"{e.argument_name}: {e.message}"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
     """Parse Megatron-style flags into a MegaclapConfig (not yet validated: call .validate(world)).
 
     The model-size flags Megatron-LM requires are required here too (ConfigError when missing);
     the dataclasses keep defaults for library use."""
-    ns = build_parser().parse_args(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except argparse.ArgumentError as e:   # a bad value (choices, type); unknown flags still exit with usage
+        raise ConfigError(_value_error(e)) from None
     missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} required (as in Megatron-LM; megaclap has no default model size)")

@@ -60,9 +60,10 @@ class CompressionConfig:
         return from_namespace(cls, args)
 
 
-def add_compression_args(parser: argparse.ArgumentParser):
-    """Add the pipeline-compression flags, generated from CompressionConfig; returns the group.
+def add_compression_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the pipeline-compression flags, generated from CompressionConfig; returns the parser.
 
     Each flag's dest is the CompressionConfig field name, so `CompressionConfig.from_args(ns)`
     maps the namespace onto the dataclass (absent flags keep their defaults)."""
-    return add_dataclass_args(parser, CompressionConfig, "pipeline compression")
+    add_dataclass_args(parser, CompressionConfig, "pipeline compression")
+    return parser
