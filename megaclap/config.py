@@ -172,14 +172,15 @@ class OptimConfig:
 class TrainConfig:
     """Batches, iterations, evaluation, logging and checkpoints."""
 
-    micro_batch_size: int = 4
+    micro_batch_size: int = field(default=4, metadata={"required": True})
     """--micro-batch-size: samples per microbatch per data-parallel rank."""
     global_batch_size: Optional[int] = None
     """--global-batch-size: samples per step over all dp ranks (default micro * dp)."""
     rampup_batch_size: Optional[List[int]] = field(default=None, metadata={"nargs": 3, "metavar": ("START", "INCR", "SAMPLES")})
     """--rampup-batch-size: global batch START, growing by INCR over SAMPLES samples to --global-batch-size."""
-    step_batch_size_schedule: Optional[str] = None
-    """--step-batch-size-schedule: "TOKENS:BATCH ..." global batch from each token count on, e.g. "0:16 2.4B:320"."""
+    step_batch_size_schedule: Optional[List[str]] = field(default=None, metadata={"nargs": "+", "metavar": "TOKENS:BATCH"})
+    """--step-batch-size-schedule: global batch BATCH from TOKENS consumed tokens on, e.g. 0:16 2.4B:320 (one
+    quoted string or several words)."""
     train_iters: Optional[int] = None
     """--train-iters: optimizer steps (this or --train-samples is required)."""
     train_samples: Optional[int] = None

@@ -135,6 +135,8 @@ def test_megatron_defaults_and_exact_gelu():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32)
     exact, tanh = MLP(cfg.model, None), MLP(dataclasses.replace(cfg.model, openai_gelu=True), None)
+    for p in exact.parameters():
+        torch.nn.init.normal_(p, std=0.5)
     tanh.load_state_dict(exact.state_dict())
     h = exact.linear_fc1(x)
     torch.testing.assert_close(exact(x), exact.linear_fc2(F.gelu(h)))

@@ -22,8 +22,10 @@ def _number(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def parse_step_schedule(text: str, seq_length: int) -> list:
-    """'0:16 2.4B:320' -> [(threshold in samples, batch), ...] sorted; ValueError names the flag."""
+def parse_step_schedule(text, seq_length: int) -> list:
+    """'0:16 2.4B:320' (or its words as a list) -> [(threshold in samples, batch), ...] sorted;
+    ValueError names the flag."""
+    text = text if isinstance(text, str) else " ".join(text)
     steps = []
     for entry in text.replace(",", " ").split():
         if ":" not in entry:
