@@ -67,6 +67,15 @@ NO_EFFECT = {
     "--wandb-project": (VALUE, _WANDB),
     "--wandb-exp-name": (VALUE, _WANDB),
     "--wandb-save-dir": (VALUE, _WANDB),
+    "--tensorboard-log-interval": (VALUE, "TensorBoard scalars are written at every --log-interval"),
+    "--tensorboard-queue-size": (VALUE, "the TensorBoard writer keeps its own queue"),
+    "--log-progress": (SWITCH, "megaclap writes no progress.txt; the log line has the consumed samples"),
+    "--async-save": (SWITCH, "checkpoints are written synchronously (atomically, see Checkpoints)"),
+    "--tp-comm-overlap": (SWITCH, "tensor-parallel communication is not overlapped (same result)"),
+    "--overlap-p2p-communication": (SWITCH, "pipeline p2p runs in the schedule's order (same result)"),
+    "--num-dataset-builder-threads": (VALUE, "index arrays are built by one thread (and cached with --data-cache-path)"),
+    "--fp16-lm-cross-entropy": (SWITCH, "the loss is computed in fp32 (more precise)"),
+    "--dataloader-type": (VALUE, "samples come from megaclap's few-epoch sampler (or --online)"),
 }
 
 # Features megaclap lacks: (kind, what to do instead, the value at which Megatron does nothing
@@ -91,6 +100,43 @@ MISSING = {
     "--fp8-amax-compute-algo": (VALUE, "FP8 training (Transformer Engine) is not implemented; use --bf16", None),
     "--fp8-param-gather": (SWITCH, "FP8 training (Transformer Engine) is not implemented; use --bf16", None),
     "--fp8-recipe": (VALUE, "FP8 training (Transformer Engine) is not implemented; use --bf16", None),
+    "--moe-router-topk": (VALUE, "mixture-of-experts is not implemented; drop --moe-router-topk", None),
+    "--recompute-activations": (SWITCH, "selective recomputation is not implemented; use --recompute-granularity full",
+                                None),
+    "--recompute-method": (VALUE, "with --recompute-granularity full every layer is recomputed: use uniform",
+                           lambda v, tp, pp, dp: v == "uniform"),
+    "--recompute-num-layers": (VALUE, "with --recompute-granularity full every layer is recomputed: use 1",
+                               lambda v, tp, pp, dp: int(v) == 1),
+    "--use-rotary-position-embeddings": (SWITCH, "use --position-embedding-type rope", None),
+    "--no-position-embedding": (SWITCH, "models without position embeddings are not implemented; use "
+                                        "--position-embedding-type rope or learned_absolute", None),
+    "--squared-relu": (SWITCH, "squared ReLU is not implemented (GELU, or --swiglu)", None),
+    "--qk-layernorm": (SWITCH, "query/key layer norm is not implemented", None),
+    "--add-qkv-bias": (SWITCH, "a QKV-only bias is not implemented (biases are on all linears or, with "
+                               "--disable-bias-linear, none)", None),
+    "--eod-mask-loss": (SWITCH, "end-of-document loss masking is not implemented", None),
+    "--reset-position-ids": (SWITCH, "per-document position ids are not implemented", None),
+    "--reset-attention-mask": (SWITCH, "per-document attention masks are not implemented", None),
+    "--train-data-path": (VALUES, "per-split data paths are not implemented; use --data-path with --split", None),
+    "--valid-data-path": (VALUES, "per-split data paths are not implemented; use --data-path with --split", None),
+    "--test-data-path": (VALUES, "per-split data paths are not implemented; use --data-path with --split", None),
+    "--data-args-path": (VALUE, "data paths from a file are not implemented; use --data-path", None),
+    "--optimizer": (VALUE, "only Adam(W) is implemented; use --optimizer adam", lambda v, tp, pp, dp: v == "adam"),
+    "--lr-wsd-decay-style": (VALUE, "the warmup-stable-decay schedule is not implemented", None),
+    "--lr-wsd-decay-iters": (VALUE, "the warmup-stable-decay schedule is not implemented", None),
+    "--start-weight-decay": (VALUE, "weight-decay schedules are not implemented; use --weight-decay", None),
+    "--end-weight-decay": (VALUE, "weight-decay schedules are not implemented; use --weight-decay", None),
+    "--weight-decay-incr-style": (VALUE, "weight-decay schedules are not implemented; use constant",
+                                  lambda v, tp, pp, dp: v == "constant"),
+    "--no-save-optim": (SWITCH, "checkpoints always hold the optimizer state", None),
+    "--no-save-rng": (SWITCH, "checkpoints always hold the RNG states", None),
+    "--use-checkpoint-args": (SWITCH, "model flags are not read from the checkpoint; pass them (the converter "
+                                      "prints them)", None),
+    "--exit-signal-handler": (SWITCH, "megaclap does not save on SIGTERM; use --exit-duration-in-mins or "
+                                      "--save-interval", None),
+    "--skip-train": (SWITCH, "evaluation-only runs are not implemented", None),
+    "--deterministic-mode": (SWITCH, "use torch.use_deterministic_algorithms in your launcher", None),
+    "--vocab-extra-ids": (VALUE, "extra vocabulary ids (T5) are not implemented", lambda v, tp, pp, dp: int(v) == 0),
 }
 
 _KWARGS = {SWITCH: dict(action="store_true"), VALUE: dict(metavar="VALUE"), VALUES: dict(nargs="+", metavar="VALUE")}

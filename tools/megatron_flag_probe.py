@@ -78,13 +78,16 @@ COMMON = {
     "--num-dataset-builder-threads": "1", "--cross-entropy-fusion-impl": "native", "--tp-comm-overlap": None,
     "--overlap-p2p-communication": None, "--deterministic-mode": None, "--fp8-recipe": "delayed",
     "--start-weight-decay": "0.01", "--end-weight-decay": "0.1", "--weight-decay-incr-style": "constant",
-    "--vocab-extra-ids": "0", "--tokenizer-model-type": "x", "--data-args-path": "args.txt",
+    "--vocab-extra-ids": "0", "--data-args-path": "args.txt",
 }
 PROBE = {**FROM_EXAMPLES, **COMMON}
 
 
 def classify(flag: str, value, parser) -> str:
-    from megaclap.habit_flags import MISSING, NO_EFFECT
+    try:
+        from megaclap.habit_flags import MISSING, NO_EFFECT
+    except ImportError:   # a megaclap from before the habit-flag list (to measure the "before" count)
+        MISSING = NO_EFFECT = {}
     argv = [flag] + ([] if value is None else value if isinstance(value, list) else [value])
     with contextlib.redirect_stderr(io.StringIO()):
         try:

@@ -113,7 +113,7 @@ def compression_lines(cfg, pp: int, num_microbatches: int) -> list:
     raw = num_microbatches * torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
     for direction, method, codec in (("fwd", c.method, c.fwd_codec), ("bwd", c.effective_bwd_method, c.bwd_codec)):
         sent = raw if method == "none" else num_microbatches * parse_codec(codec).payload_nbytes(shape, dtype)
-        lines.append(f" > expected p2p bytes per step per boundary ({direction}): {sent:,} of {raw:,} raw "
+        lines.append(f" > expected p2p bytes per step per boundary and sending rank ({direction}): {sent:,} of {raw:,} raw "
                      f"(ratio {raw / max(sent, 1):.1f}x, {num_microbatches} microbatches)")
     return lines
 

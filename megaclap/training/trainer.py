@@ -165,7 +165,8 @@ class Trainer:
 
     def _out_of_time(self, checkpointer) -> bool:
         """--exit-duration-in-mins: every rank agrees (max over the world), then save and stop."""
-        over = torch.tensor([float(time.time() - self.start_time > 60 * self.cfg.train.exit_duration_in_mins)])
+        over = torch.tensor([float(time.time() - self.start_time > 60 * self.cfg.train.exit_duration_in_mins)],
+                            device=self.ps.device)
         if dist.is_initialized():
             dist.all_reduce(over, op=dist.ReduceOp.MAX)
         if over.item() and checkpointer is not None and self.cfg.train.save:
