@@ -168,3 +168,22 @@ def test_split_quoted_by_bash_and_zero_split_drops_mock_test_set():
     src = build_data_sources(cfg.data, seq_length=16, micro_batch_size=2, global_batch_size=2, eval_iters=1,
                              vocab_size=100)
     assert src.valid is not None and src.test is None
+
+
+def test_startup_summary_counts_documents_tokens_and_parameters(tmp_path):
+    from megaclap.parallel.state import ParallelState
+    from megaclap.training.startup import startup_summary
+    from megaclap.training.trainer import Trainer
+    from tests.test_gpt_dataset import write_corpus
+    prefix, docs = write_corpus(tmp_path / "c", 40, vocab=100)
+    argv = [a for a in BASE if a != "--mock-data"] + ["--data-path", prefix, "--split", "90,10,0",
+                                                      "--eval-iters", "1", "--use-flash-attn"]
+    cfg = parse_args(argv).validate(1)
+    tr = Trainer(cfg, ParallelState(1, 1, 1, 0, torch.device("cpu")), print_fn=lambda s: None)
+    text = "\n".join(startup_summary(cfg, tr))
+    lo, hi = 0, 36   # Megatron's split_document_ranges: round(0.9 * 40) documents for train
+    assert f"train: {len(tr.data.train.dataset):,} samples, {hi - lo} documents, "\
+           f"{sum(len(d) for d in docs[lo:hi]):,} tokens" in text
+    assert " > test: none" in text and " > --use-flash-attn: accepted, no effect" in text
+    assert f"total number of parameters: {sum(p.numel() for p in tr.stage.parameters()):,}" in text
+    assert " > padded vocab (size: 100) with 28 dummy tokens (new size: 128)" in text

@@ -69,7 +69,8 @@ def dataset_lines(trainer) -> list:
         ds = src.dataset
         docs, tokens = _docs_tokens(ds)
         what = f"{len(ds):,} samples" if hasattr(ds, "__len__") else "a stream"
-        extra = f", {docs:,} documents, {tokens:,} tokens" if docs is not None else " (mock data)"
+        extra = (f", {docs:,} documents, {tokens:,} tokens" if docs is not None
+                 else " (mock data)" if trainer.cfg.data.mock_data else "")
         lines.append(f" > {name}: {what}{extra}")
     base = trainer.data.train.sampler.base
     epochs = getattr(base, "num_epochs", None)
