@@ -21,7 +21,7 @@ from megaclap.model.init import shard
 from megaclap.model.stages import layer_ranges
 from megaclap.training.checkpointing import iter_dir, rank_dir
 
-KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version")
+KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version", "consumed_samples")
 
 
 def _group_names(stage) -> list[list[str]]:
