@@ -49,7 +49,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
         raise ConfigError(_value_error(e)) from None
     missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
     if missing:
-        raise ConfigError(f"{', '.join(missing)} required (as in Megatron-LM; megaclap has no default model size)")
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                          "(as in Megatron-LM: megaclap has no default model size)")
     try:
         parts = {name: from_namespace(cls, ns) for name, cls in ALL_SECTIONS}
         return MegaclapConfig(**parts, megatron_flags=given_habit_flags(ns))

@@ -117,7 +117,7 @@ def test_help_describes_every_flag():
                                   "--micro-batch-size"])
 def test_model_size_flags_are_required(drop):
     argv = BASE[:BASE.index(drop)] + BASE[BASE.index(drop) + 2:]
-    with pytest.raises(ConfigError, match=f"{drop} required"):
+    with pytest.raises(ConfigError, match=f"{drop} is required"):
         parse_args(argv)
     assert ModelConfig().num_layers == 2   # library use keeps the dataclass default
 

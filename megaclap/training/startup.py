@@ -98,11 +98,22 @@ def _docs_tokens(ds):
     return docs, tokens
 
 
+def _step_bytes(method: str, codec: str, shape, dtype, fresh: bool) -> int:
+    """Payload bytes of one microbatch (Channel.payload_nbytes; aqsgd: samples seen before)."""
+    from megaclap.compression.codecs import parse_codec
+    c = parse_codec(codec)
+    raw = torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
+    if method == "none" or c.is_lossless(dtype) or (method == "clapping-fu" and fresh):
+        return raw
+    return c.payload_nbytes(shape, dtype)
+
+
 def compression_lines(cfg, pp: int, num_microbatches: int) -> list:
     """Method, codecs, lazy sampling and the payload bytes each boundary sends per step."""
-    from megaclap.compression.codecs import parse_codec
     from megaclap.training.trainer import wire_dtype
     c, d = cfg.compression, cfg.data
+    fresh = (d.lazy_sampling_prob if d.lazy_sampling_prob is not None
+             else 1 / d.lazy_sampling_period if d.lazy_sampling_period else 1.0)
     lazy = (f"p={d.lazy_sampling_prob}" if d.lazy_sampling_prob is not None
             else f"every {d.lazy_sampling_period} steps" if d.lazy_sampling_period else "off")
     lines = [f" > pipeline compression: forward {c.method} ({c.fwd_codec}), backward {c.effective_bwd_method} "
@@ -113,9 +124,11 @@ def compression_lines(cfg, pp: int, num_microbatches: int) -> list:
     dtype = wire_dtype(cfg.optim)
     raw = num_microbatches * torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
     for direction, method, codec in (("fwd", c.method, c.fwd_codec), ("bwd", c.effective_bwd_method, c.bwd_codec)):
-        sent = raw if method == "none" else num_microbatches * parse_codec(codec).payload_nbytes(shape, dtype)
-        lines.append(f" > expected p2p bytes per step per boundary and sending rank ({direction}): {sent:,} of {raw:,} raw "
-                     f"(ratio {raw / max(sent, 1):.1f}x, {num_microbatches} microbatches)")
+        per_mb = [_step_bytes(method, codec, shape, dtype, f) for f in (True, False)]
+        sent = int(num_microbatches * (fresh * per_mb[0] + (1 - fresh) * per_mb[1]))
+        note = " (aqsgd: samples not seen before go raw)" if method == "aqsgd" else ""
+        lines.append(f" > expected p2p bytes per step per boundary and sending rank ({direction}): {sent:,} of "
+                     f"{raw:,} raw (ratio {sent / raw:.3f}, {num_microbatches} microbatches){note}")
     return lines
 
 
