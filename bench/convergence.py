@@ -14,7 +14,8 @@ from tests.train_utils import make_trainer
 TINY = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64",
         "--max-position-embeddings", "64", "--vocab-size", "512", "--micro-batch-size", "4",
         "--global-batch-size", "16", "--lr", "1e-3", "--lr-warmup-iters", "10", "--use-cpu-initialization",
-        "--eval-iters", "8", "--pipeline-model-parallel-size", "2"]
+        "--eval-iters", "8", "--pipeline-model-parallel-size", "2",
+        "--lr-decay-style", "cosine", "--openai-gelu"]   # the pre-issue-14 defaults the README figures used
 CODECS = ["--pp-fwd-codec", "topk:0.1", "--pp-bwd-codec", "quant:8"]
 LAZY = ["--lazy-sampling-prob", "0.5"]
 RUNS = [("none", [], "none, p=1"), ("none", LAZY, "none, p=0.5")] + [

@@ -24,7 +24,8 @@ def megaclap_step_fn(a, device):
     argv = ["--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
             "--seq-length", str(a.seq), "--vocab-size", str(a.vocab), "--micro-batch-size", str(a.mbs),
             "--global-batch-size", str(a.mbs), "--train-iters", "1000", "--mock-data", "--lr", "1e-4",
-            "--hidden-dropout", "0", "--attention-dropout", "0"]  # the reference has no dropout
+            "--hidden-dropout", "0", "--attention-dropout", "0",  # the reference has no dropout
+            "--openai-gelu"]                                      # and tanh GELU
     argv += ["--bf16"] if a.bf16 else []
     cfg = parse_args(argv).validate(1)
     trainer = Trainer(cfg, ParallelState(1, 1, 1, 0, device), print_fn=lambda s: None)

@@ -57,6 +57,7 @@ def train_args(model: dict, pp: int, steps: int, eval_iters: int, extra: list[st
             "--vocab-size", str(m["vocab"]), "--micro-batch-size", str(m["mbs"]),
             "--global-batch-size", str(m["gbs"]), "--untie-embeddings-and-output-weights",
             "--train-iters", str(steps), "--lr", "1e-3", "--lr-warmup-iters", str(max(1, steps // 10)),
+            "--lr-decay-style", "cosine", "--openai-gelu",
             "--mock-data", "--seed", "1234", "--log-interval", "1", "--eval-interval", str(steps),
             "--eval-iters", str(eval_iters), "--pipeline-model-parallel-size", str(pp), *extra]
 

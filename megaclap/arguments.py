@@ -1,65 +1,58 @@
-"""Command-line parsing with Megatron-LM flag names, generated from the config dataclasses."""
+"""Command-line parsing with Megatron-LM flag names, generated from the config dataclasses.
+
+Every section's flags come from megaclap.flags.add_dataclass_args (help = the field docstring,
+defaults from the dataclass), plus the Megatron-only flags of megaclap.habit_flags.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+import re
 from typing import Optional, Sequence
 
-from megaclap.compression.config import add_compression_args
+from megaclap.compression.config import CompressionConfig, add_compression_args
 from megaclap.config import ConfigError, MegaclapConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from megaclap.data.config import DataConfig, add_data_args
-from megaclap.compression.config import CompressionConfig
+from megaclap.flags import add_dataclass_args, from_namespace, missing_required
+from megaclap.habit_flags import add_habit_args, given_habit_flags
 
 SECTIONS = (("model", ModelConfig), ("parallel", ParallelConfig), ("optim", OptimConfig), ("train", TrainConfig))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _base_type(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def _add_section(parser: argparse.ArgumentParser, cls) -> None:
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        typ = _base_type(hints[f.name])
-        flag = f.metadata.get("flag", _flag(f.name))
-        if typ is bool:
-            group.add_argument(flag, dest=f.name, action="store_true")
-        else:
-            group.add_argument(flag, dest=f.name, type=typ, default=None)
+ALL_SECTIONS = SECTIONS + (("data", DataConfig), ("compression", CompressionConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="megaclap GPT pretraining (Megatron-LM flag names)",
-                                     allow_abbrev=False)
-    for _, cls in SECTIONS:
-        _add_section(parser, cls)
+                                     allow_abbrev=False, exit_on_error=False)
+    for name, cls in SECTIONS:
+        add_dataclass_args(parser, cls, name)
     add_data_args(parser)
     add_compression_args(parser)
+    add_habit_args(parser)
     return parser
 
 
-def _fill(cls, ns: argparse.Namespace):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if hasattr(ns, f.name):
-            value = getattr(ns, f.name)
-            if value is not None:  # unset flags keep the dataclass default
-                kwargs[f.name] = value
-    return cls(**kwargs)
+def _value_error(e: argparse.ArgumentError) -> str:
+    m = re.match(r"invalid choice: '?(.*?)'? \(choose from (.*)\)$", e.message)
+    if m:
+        choices = [c.strip(" '") for c in m.group(2).split(",")]
+        return f"{e.argument_name} {m.group(1)!r} is not one of {choices}"
+    return f"{e.argument_name}: {e.message}"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
-    """Parse Megatron-style flags into a MegaclapConfig (not yet validated: call .validate(world))."""
-    ns = build_parser().parse_args(argv)
+    """Parse Megatron-style flags into a MegaclapConfig (not yet validated: call .validate(world)).
+
+    The model-size flags Megatron-LM requires are required here too (ConfigError when missing);
+    the dataclasses keep defaults for library use."""
     try:
-        parts = {name: _fill(cls, ns) for name, cls in SECTIONS}
-        return MegaclapConfig(data=_fill(DataConfig, ns), compression=_fill(CompressionConfig, ns), **parts)
+        ns = build_parser().parse_args(argv)
+    except argparse.ArgumentError as e:   # a bad value (choices, type); unknown flags still exit with usage
+        raise ConfigError(_value_error(e)) from None
+    missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                          "(as in Megatron-LM: megaclap has no default model size)")
+    try:
+        parts = {name: from_namespace(cls, ns) for name, cls in ALL_SECTIONS}
+        return MegaclapConfig(**parts, megatron_flags=given_habit_flags(ns))
     except ValueError as e:  # a section's own validation at construction
         raise ConfigError(str(e)) from None

@@ -5,13 +5,14 @@ same one-line error that names the flag to change, instead of a hang.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
-from megaclap.compression.config import CompressionConfig, add_compression_args
-from megaclap.data.config import DataConfig, add_data_args
+from megaclap.compression.config import CompressionConfig
+from megaclap.data.config import DataConfig
+
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 
 
 class ConfigError(ValueError):
@@ -22,32 +23,38 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Transformer shape and flavour (GPT-2: the defaults; Llama: RMSNorm + swiglu + rope + untied + no bias)."""
 
-    num_layers: int = 2
+    num_layers: int = field(default=2, metadata={"required": True})
     """--num-layers: transformer layers in the whole model."""
-    hidden_size: int = 64
+    hidden_size: int = field(default=64, metadata={"required": True})
     """--hidden-size: model width h."""
-    num_attention_heads: int = 4
+    num_attention_heads: int = field(default=4, metadata={"required": True})
     """--num-attention-heads: query heads."""
     ffn_hidden_size: Optional[int] = None
     """--ffn-hidden-size: MLP width; default 4h (with --swiglu, 8h/3 rounded down to a multiple of 64, as Megatron)."""
     num_query_groups: Optional[int] = None
     """--num-query-groups: key/value heads when --group-query-attention is set."""
+    kv_channels: Optional[int] = None
+    """--kv-channels: attention head dimension; megaclap requires hidden-size / num-attention-heads."""
     group_query_attention: bool = False
     """--group-query-attention: use num_query_groups key/value heads (GQA)."""
-    seq_length: int = 128
+    seq_length: int = field(default=128, metadata={"required": True})
     """--seq-length: tokens per sample."""
     max_position_embeddings: Optional[int] = None
     """--max-position-embeddings: size of the learned position table; default seq_length."""
-    position_embedding_type: str = "learned_absolute"
+    position_embedding_type: str = field(default="learned_absolute", metadata={"choices": ("learned_absolute", "rope")})
     """--position-embedding-type: learned_absolute (GPT-2) or rope (Llama)."""
     rotary_base: float = 10000.0
     """--rotary-base: RoPE theta."""
-    normalization: str = "LayerNorm"
+    rotary_percent: float = 1.0
+    """--rotary-percent: fraction of each head rotated by RoPE; megaclap supports 1.0 only."""
+    normalization: str = field(default="LayerNorm", metadata={"choices": ("LayerNorm", "RMSNorm")})
     """--normalization: LayerNorm or RMSNorm."""
     norm_epsilon: float = 1e-5
     """--norm-epsilon: epsilon of the norm layers."""
     swiglu: bool = False
     """--swiglu: gated SiLU MLP instead of GELU."""
+    openai_gelu: bool = False
+    """--openai-gelu: tanh-approximated GELU (GPT-2's gelu_new); default the exact erf GELU, as Megatron."""
     untie_embeddings_and_output_weights: bool = False
     """--untie-embeddings-and-output-weights: separate output layer (Llama)."""
     disable_bias_linear: bool = False
@@ -62,7 +69,7 @@ class ModelConfig:
     """--vocab-size: tokenizer vocabulary (default from the tokenizer; required with --mock-data)."""
     make_vocab_size_divisible_by: int = 128
     """--make-vocab-size-divisible-by: the padded vocabulary is a multiple of this times tp."""
-    recompute_granularity: Optional[str] = None
+    recompute_granularity: Optional[str] = field(default=None, metadata={"choices": ("full",)})
     """--recompute-granularity: 'full' recomputes each layer in backward to save memory."""
 
     @property
@@ -92,20 +99,20 @@ class ParallelConfig:
     """Parallel layout. World size = tp * pp * dp, rank order tp-dp-pp (tp fastest)."""
 
     tensor_model_parallel_size: int = 1
-    """--tensor-model-parallel-size: tp."""
+    """--tensor-model-parallel-size: tp, ranks that split each layer's matrices."""
     pipeline_model_parallel_size: int = 1
-    """--pipeline-model-parallel-size: pp."""
+    """--pipeline-model-parallel-size: pp, ranks that hold consecutive layer ranges (stages)."""
     decoder_first_pipeline_num_layers: Optional[int] = None
     """--decoder-first-pipeline-num-layers: layers on the first stage (uneven split)."""
     decoder_last_pipeline_num_layers: Optional[int] = None
     """--decoder-last-pipeline-num-layers: layers on the last stage (uneven split)."""
-    pipeline_schedule: str = "1f1b"
+    pipeline_schedule: str = field(default="1f1b", metadata={"choices": ("1f1b", "gpipe")})
     """--pipeline-schedule: 1f1b (memory bounded by pp) or gpipe (all forwards first)."""
     distributed_timeout_minutes: float = 10.0
     """--distributed-timeout-minutes: every collective and p2p fails after this long."""
     use_cpu_initialization: bool = False
     """--use-cpu-initialization: initialise full master weights on CPU, then shard (layout-independent)."""
-    distributed_backend: Optional[str] = None
+    distributed_backend: Optional[str] = field(default=None, metadata={"choices": ("gloo", "nccl")})
     """--distributed-backend: gloo or nccl; default from the device (nccl on CUDA, gloo on CPU)."""
 
 
@@ -117,20 +124,32 @@ class OptimConfig:
     """--lr: peak learning rate."""
     min_lr: float = 0.0
     """--min-lr: floor of the decay."""
-    lr_decay_style: str = "cosine"
-    """--lr-decay-style: constant, linear or cosine."""
+    lr_decay_style: str = field(default="linear", metadata={"choices": LR_DECAY_STYLES})
+    """--lr-decay-style: decay from --lr to --min-lr after the warmup."""
     lr_warmup_iters: int = 0
-    """--lr-warmup-iters: linear warmup steps."""
+    """--lr-warmup-iters: linear warmup steps (iteration-based training)."""
+    lr_warmup_samples: int = 0
+    """--lr-warmup-samples: linear warmup in samples (with --train-samples)."""
+    lr_warmup_fraction: Optional[float] = None
+    """--lr-warmup-fraction: warmup as a fraction of the decay horizon (instead of iters/samples)."""
+    lr_warmup_init: float = 0.0
+    """--lr-warmup-init: learning rate at the start of the warmup."""
     lr_decay_iters: Optional[int] = None
-    """--lr-decay-iters: decay horizon (default --train-iters)."""
+    """--lr-decay-iters: decay horizon in steps (default --train-iters)."""
+    lr_decay_samples: Optional[int] = None
+    """--lr-decay-samples: decay horizon in samples (with --train-samples; default --train-samples)."""
+    decoupled_lr: Optional[float] = None
+    """--decoupled-lr: peak learning rate of the word embedding and output layer (default --lr)."""
+    decoupled_min_lr: Optional[float] = None
+    """--decoupled-min-lr: floor of the decoupled learning rate (default --min-lr)."""
     weight_decay: float = 0.01
     """--weight-decay: AdamW decoupled weight decay (not on biases and norms)."""
     adam_beta1: float = 0.9
-    """--adam-beta1."""
+    """--adam-beta1: Adam's first-moment decay."""
     adam_beta2: float = 0.999
-    """--adam-beta2."""
+    """--adam-beta2: Adam's second-moment decay."""
     adam_eps: float = 1e-8
-    """--adam-eps."""
+    """--adam-eps: Adam's denominator epsilon."""
     clip_grad: float = 1.0
     """--clip-grad: clip the global gradient norm (0 disables)."""
     bf16: bool = False
@@ -143,6 +162,10 @@ class OptimConfig:
     """--initial-loss-scale: start of the dynamic loss scale."""
     loss_scale_window: int = 1000
     """--loss-scale-window: steps without overflow before the scale doubles."""
+    hysteresis: int = 2
+    """--hysteresis: overflows tolerated (since the last growth) before the dynamic scale halves."""
+    min_loss_scale: float = 1.0
+    """--min-loss-scale: floor of the dynamic loss scale."""
     override_opt_param_scheduler: bool = field(default=False, metadata={"flag": "--override-opt_param-scheduler"})
     """--override-opt_param-scheduler: on resume, use this run's LR schedule flags instead of the checkpoint's."""
     use_checkpoint_opt_param_scheduler: bool = field(default=False,
@@ -159,12 +182,19 @@ class OptimConfig:
 class TrainConfig:
     """Batches, iterations, evaluation, logging and checkpoints."""
 
-    micro_batch_size: int = 4
+    micro_batch_size: int = field(default=4, metadata={"required": True})
     """--micro-batch-size: samples per microbatch per data-parallel rank."""
     global_batch_size: Optional[int] = None
     """--global-batch-size: samples per step over all dp ranks (default micro * dp)."""
-    train_iters: int = 100
-    """--train-iters: optimizer steps."""
+    rampup_batch_size: Optional[List[int]] = field(default=None, metadata={"nargs": 3, "metavar": ("START", "INCR", "SAMPLES")})
+    """--rampup-batch-size: global batch START, growing by INCR over SAMPLES samples to --global-batch-size."""
+    step_batch_size_schedule: Optional[List[str]] = field(default=None, metadata={"nargs": "+", "metavar": "TOKENS:BATCH"})
+    """--step-batch-size-schedule: global batch BATCH from TOKENS consumed tokens on, e.g. 0:16 2.4B:320 (one
+    quoted string or several words)."""
+    train_iters: Optional[int] = None
+    """--train-iters: optimizer steps (this or --train-samples is required)."""
+    train_samples: Optional[int] = None
+    """--train-samples: train until this many samples are consumed (sample-based schedule)."""
     seed: int = 1234
     """--seed: weights, data order, dropout, codecs."""
     eval_interval: int = 1000
@@ -193,6 +223,8 @@ class TrainConfig:
     """--overwrite-checkpoint: allow --save into a directory whose tracker is at a later iteration (moves it back)."""
     verbose_errors: bool = False
     """--verbose-errors: print the traceback of a known error (corrupt data, bad checkpoint, full disk) too."""
+    exit_duration_in_mins: Optional[float] = None
+    """--exit-duration-in-mins: stop (after saving) once the run has lasted this long."""
 
 
 @dataclass
@@ -205,6 +237,8 @@ class MegaclapConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    megatron_flags: dict = field(default_factory=dict)
+    """Megatron-LM flags accepted with no effect here ({flag: value}, see megaclap/habit_flags.py)."""
 
     def data_parallel_size(self, world_size: int) -> int:
         return world_size // (self.parallel.tensor_model_parallel_size * self.parallel.pipeline_model_parallel_size)

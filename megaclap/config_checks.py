@@ -4,12 +4,13 @@ from __future__ import annotations
 import warnings
 
 from megaclap.config import ConfigError, MegaclapConfig
+from megaclap.megatron_checks import check_megatron_args
 
 CHOICES = {
     "position_embedding_type": ("--position-embedding-type", ("learned_absolute", "rope")),
     "normalization": ("--normalization", ("LayerNorm", "RMSNorm")),
     "recompute_granularity": ("--recompute-granularity", (None, "full")),
-    "lr_decay_style": ("--lr-decay-style", ("constant", "linear", "cosine")),
+    "lr_decay_style": ("--lr-decay-style", ("constant", "linear", "cosine", "inverse-square-root")),
     "pipeline_schedule": ("--pipeline-schedule", ("1f1b", "gpipe")),
     "distributed_backend": ("--distributed-backend", (None, "gloo", "nccl")),
 }
@@ -68,14 +69,11 @@ def _check_batches(cfg: MegaclapConfig, dp: int) -> None:
     _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
            f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
            f"{t.micro_batch_size} x data-parallel size {dp}")
-    _check(t.train_iters > 0, "--train-iters must be positive")
     _check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
 
 
 def _check_precision(cfg: MegaclapConfig) -> None:
     _check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
-    if cfg.optim.lr_decay_iters is None:
-        cfg.optim.lr_decay_iters = cfg.train.train_iters
     _check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
 
 
@@ -93,6 +91,7 @@ def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
     _check_layers(cfg, pp)
     _check_batches(cfg, dp)
     _check_precision(cfg)
+    check_megatron_args(cfg, tp, pp, dp)
     try:
         cfg.data.validate()
         cfg.compression.validate()

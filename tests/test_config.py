@@ -5,7 +5,7 @@ from megaclap.arguments import parse_args
 from megaclap.config import ConfigError
 
 BASE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
-        "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data"]
+        "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data", "--train-iters", "10"]
 
 
 def check(extra, world, match):

@@ -55,7 +55,7 @@ def test_reshard_keeps_logits_optimizer_and_resume(flavour, tmp_path):
 
     tr = make_trainer(0, 1, argv + ["--load", str(tmp_path / "tp1pp1")])
     Checkpointer(tr.cfg, tr.ps).load(tr)
-    assert tr.iteration == 2 and tr.scheduler.num_steps == 2
+    assert tr.iteration == 2 and tr.scheduler.num_steps == 2 * tr.cfg.train.global_batch_size   # samples
     resumed = [tr.train_step(tr.data.train.next_batch())["loss"] for _ in range(2)]
     assert resumed == pytest.approx(continued, abs=1e-5)
 

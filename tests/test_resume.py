@@ -9,6 +9,7 @@ import torch
 
 from megaclap.arguments import parse_args
 from megaclap.config import ConfigError
+from megaclap.megatron_checks import lr_horizons
 from megaclap.training.checkpointing import CheckpointError, Checkpointer
 from megaclap.training.optimizer import LRScheduler
 from tests.dist import run_ranks
@@ -34,22 +35,22 @@ def _resumed(ckpt, *flags):
 
 def _lr_at(step, train_iters):
     cfg = parse_args(tiny_args(layers=2, extra=SCHEDULE + ["--train-iters", str(train_iters)])).validate(1)
-    sched = LRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.optim)
-    sched.load_state_dict({"num_steps": step})
+    sched = LRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.optim, *lr_horizons(cfg))
+    sched.load_state_dict({"num_steps": step * cfg.train.global_batch_size})  # the scheduler counts samples
     return sched.get_lr()
 
 
 def test_changed_train_iters_is_refused_or_resolved_by_the_megatron_flags(tmp_path):
     ckpt = _save_after(tmp_path, 3)
-    with pytest.raises(CheckpointError, match=r"--lr-decay-iters.* 12 \(checkpoint: 6\).*--override-opt_param-scheduler"):
+    with pytest.raises(CheckpointError, match=r"--lr-decay-iters.* 96 \(checkpoint: 48\).*--override-opt_param-scheduler"):
         _resumed(ckpt, "--train-iters", "12")
     assert _resumed(ckpt, "--train-iters", "6").optimizer.param_groups[0]["lr"] == _lr_at(3, 6)
     assert _lr_at(3, 6) != _lr_at(3, 12)
     override = _resumed(ckpt, "--train-iters", "12", "--override-opt_param-scheduler")
-    assert override.scheduler.num_steps == 3 and override.optimizer.param_groups[0]["lr"] == _lr_at(3, 12)
+    assert override.scheduler.num_steps == 3 * override.cfg.train.global_batch_size and override.optimizer.param_groups[0]["lr"] == _lr_at(3, 12)
     keep = _resumed(ckpt, "--train-iters", "12", "--use-checkpoint-opt_param-scheduler")
     assert keep.optimizer.param_groups[0]["lr"] == _lr_at(3, 6)
-    keep.scheduler.step()
+    keep.scheduler.step(keep.cfg.train.global_batch_size)
     assert keep.optimizer.param_groups[0]["lr"] == _lr_at(4, 6)  # the checkpoint's decay horizon
     with pytest.raises(ConfigError, match="exclude each other"):
         parse_args(tiny_args(extra=["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"]))

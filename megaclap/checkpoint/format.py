@@ -76,11 +76,31 @@ def model_shard(iteration: int, model: dict, args: dict, shard_layout: dict, **e
     return state
 
 
-def optimizer_group_names(named_parameters: Iterable) -> list[list[str]]:
-    """Parameter names per optimizer group, in order: matrices (weight decay), then vectors
-    (biases and norm weights: no weight decay, as Megatron)."""
+DECOUPLED_PARAMS = ("embedding.word_embeddings.weight", "output_layer.weight")
+"""Parameters --decoupled-lr applies to: word embedding and output layer (as Megatron)."""
+
+
+def optimizer_groups(named_parameters: Iterable, decoupled: bool = False) -> list[tuple[bool, bool, list[str]]]:
+    """(no_decay, decoupled, parameter names) per optimizer group, in the optimizer's order:
+    matrices (weight decay), then vectors (biases and norm weights: no weight decay, as
+    Megatron); with --decoupled-lr the DECOUPLED_PARAMS of each kind follow in their own group."""
     named = [(n, p) for n, p in named_parameters if p.requires_grad]
-    return [[n for n, p in named if p.ndim >= 2], [n for n, p in named if p.ndim < 2]]
+    groups = []
+    for no_decay in (False, True):
+        kind = [n for n, p in named if (p.ndim < 2) == no_decay]
+        if not decoupled:
+            groups.append((no_decay, False, kind))
+            continue
+        for dec in (False, True):
+            names = [n for n in kind if (n in DECOUPLED_PARAMS) == dec]
+            if names or not dec:
+                groups.append((no_decay, dec, names))
+    return groups
+
+
+def optimizer_group_names(named_parameters: Iterable, decoupled: bool = False) -> list[list[str]]:
+    """Parameter names per optimizer group, in order (see optimizer_groups)."""
+    return [names for _, _, names in optimizer_groups(named_parameters, decoupled)]
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ def _rope_theta(c: dict) -> float:
 
 
 def _gpt2_config(c: dict) -> ModelConfig:
-    _require(c.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
-             f"unsupported GPT-2 activation_function {c.get('activation_function')!r}: expected gelu_new")
+    act = c.get("activation_function", "gelu_new")
+    _require(act in ("gelu_new", "gelu_pytorch_tanh", "gelu"),
+             f"unsupported GPT-2 activation_function {act!r}: expected gelu_new (--openai-gelu) or gelu")
     _require(c.get("scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx", False),
              "unsupported GPT-2 attention scaling: expected scale_attn_weights=true, "
              "scale_attn_by_inverse_layer_idx=false")
@@ -49,7 +50,7 @@ def _gpt2_config(c: dict) -> ModelConfig:
         max_position_embeddings=c["n_positions"], norm_epsilon=c.get("layer_norm_epsilon", 1e-5),
         vocab_size=c["vocab_size"], untie_embeddings_and_output_weights=not c.get("tie_word_embeddings", True),
         init_method_std=c.get("initializer_range", 0.02), hidden_dropout=c.get("resid_pdrop", 0.0),
-        attention_dropout=c.get("attn_pdrop", 0.0))
+        attention_dropout=c.get("attn_pdrop", 0.0), openai_gelu=act != "gelu")
 
 
 def _llama_config(c: dict) -> ModelConfig:
@@ -104,7 +105,7 @@ def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype) -> dict:
     if model_type == "gpt2":
         return {**common, "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_attention_heads,
                 "n_inner": cfg.ffn, "n_positions": cfg.max_position_embeddings or cfg.seq_length,
-                "layer_norm_epsilon": cfg.norm_epsilon, "activation_function": "gelu_new",
+                "layer_norm_epsilon": cfg.norm_epsilon, "activation_function": "gelu_new" if cfg.openai_gelu else "gelu",
                 "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout, "attn_pdrop": cfg.attention_dropout,
                 "bos_token_id": None, "eos_token_id": None}
     return {**common, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn,

@@ -22,12 +22,14 @@ from megaclap.model.init import shard
 from megaclap.model.stages import layer_ranges
 from megaclap.checkpoint.format import iter_dir, optimizer_group_names, rank_dir
 
-KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version")
+KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version", "consumed_samples")
 
 
-def _group_names(stage) -> list[list[str]]:
-    """Parameter names per optimizer group, in the optimizer's order (format.py)."""
-    return optimizer_group_names(stage.named_parameters())
+def _group_names(stage, param_groups: list) -> list[list[str]]:
+    """Parameter names per optimizer group, in the optimizer's order (format.py); groups with
+    their own max_lr mean the run used --decoupled-lr."""
+    decoupled = any("max_lr" in g for g in param_groups)
+    return optimizer_group_names(stage.named_parameters(), decoupled)
 
 
 def merge_optimizer(loaded: io.Loaded) -> Optional[dict]:
@@ -56,7 +58,7 @@ def merge_optimizer(loaded: io.Loaded) -> Optional[dict]:
 
 
 def _by_name(opt_state: dict, stage) -> dict:
-    names = [n for group in _group_names(stage) for n in group]
+    names = [n for group in _group_names(stage, opt_state["param_groups"]) for n in group]
     ids = [i for g in opt_state["param_groups"] for i in g["params"]]
     return {names[k]: opt_state["state"][i] for k, i in enumerate(ids) if i in opt_state["state"]}
 
@@ -67,7 +69,7 @@ def shard_optimizer(full_opt: dict, template_groups: list, cfg, tp: int, tp_rank
     stage = io.meta_stage(cfg, tp, tp_rank, start, end, pre, post)
     params = dict(stage.named_parameters())
     state, groups, idx = {}, [], 0
-    for template, names in zip(template_groups, _group_names(stage)):
+    for template, names in zip(template_groups, _group_names(stage, template_groups)):
         groups.append({**template, "params": list(range(idx, idx + len(names)))})
         for name in names:
             gname = stage.global_name(name)

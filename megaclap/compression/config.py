@@ -1,41 +1,41 @@
 """Compression configuration: one dataclass, its validation, and its argparse flags."""
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
+
+from megaclap.flags import add_dataclass_args, from_namespace
 
 from .channels import FC_INITS, METHODS, default_bwd_method, validate_compression
-from .codecs import CODEC_HELP
 
 
 @dataclass
 class CompressionConfig:
     """How pipeline-parallel p2p traffic is compressed (DESIGN.md section 4)."""
 
-    method: str = "none"
-    """Forward (activation) method [--pp-compression-method]: none, direct, ef, ef21, aqsgd,
-    clapping-fc, clapping-fu."""
+    method: str = field(default="none", metadata={"flag": "--pp-compression-method", "choices": METHODS})
+    """--pp-compression-method: forward (activation) method."""
 
-    bwd_method: str = None
-    """Backward (activation-gradient) method [--pp-bwd-compression-method]; None = the forward
+    bwd_method: str = field(default=None, metadata={"flag": "--pp-bwd-compression-method", "choices": METHODS})
+    """--pp-bwd-compression-method: backward (activation-gradient) method; unset = the forward
     method, except aqsgd whose backward is direct (see `effective_bwd_method`)."""
 
-    fwd_codec: str = "identity"
-    """Codec for activations [--pp-fwd-codec]: identity, cast:bf16|fp16, topk:R, randk:R[:scale],
-    quant:B[:sr]."""
+    fwd_codec: str = field(default="identity", metadata={"flag": "--pp-fwd-codec", "metavar": "CODEC"})
+    """--pp-fwd-codec: codec for activations: identity, cast:bf16|fp16, topk:R, randk:R[:scale],
+    quant:B[:sr] (0<R<=1, B in 2,4,8)."""
 
-    bwd_codec: str = "identity"
-    """Codec for activation gradients [--pp-bwd-codec]; usually milder than the forward one."""
+    bwd_codec: str = field(default="identity", metadata={"flag": "--pp-bwd-codec", "metavar": "CODEC"})
+    """--pp-bwd-codec: codec for activation gradients (same choices); usually milder than the forward one."""
 
-    clapping_fc_init: str = "zero"
-    """clapping-fc reference on a fresh batch [--clapping-fc-init]: zero (m <- 0) or previous
+    clapping_fc_init: str = field(default="zero", metadata={"choices": FC_INITS})
+    """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous
     (keep m from the previous batch)."""
 
     aqsgd_store_dir: str = None
-    """Directory for AQ-SGD's per-sample store as memmap files [--aqsgd-store-dir]; None keeps
+    """--aqsgd-store-dir: directory for AQ-SGD's per-sample store as memmap files; unset keeps
     it in device memory. Use it when N * s * h does not fit."""
 
     eval_with_compression: bool = False
-    """Run evaluation through the compressed channels [--eval-with-compression]; by default
+    """--eval-with-compression: run evaluation through the compressed channels; by default
     evaluation sends uncompressed tensors and leaves channel state untouched."""
 
     def __post_init__(self):
@@ -57,26 +57,13 @@ class CompressionConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CompressionConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return from_namespace(cls, args)
 
 
 def add_compression_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the pipeline-compression flags (values are validated by CompressionConfig).
+    """Add the pipeline-compression flags, generated from CompressionConfig; returns the parser.
 
     Each flag's dest is the CompressionConfig field name, so `CompressionConfig.from_args(ns)`
-    (or any generic field-by-field fill) maps the namespace onto the dataclass."""
-    g = parser.add_argument_group("pipeline compression")
-    g.add_argument("--pp-compression-method", dest="method", default="none", metavar="METHOD",
-                   help=f"forward p2p method: {', '.join(METHODS)} (default none)")
-    g.add_argument("--pp-bwd-compression-method", dest="bwd_method", default=None, metavar="METHOD",
-                   help="backward p2p method (default: the forward one; aqsgd -> direct)")
-    g.add_argument("--pp-fwd-codec", dest="fwd_codec", default="identity", metavar="CODEC",
-                   help=f"activation codec: {CODEC_HELP}")
-    g.add_argument("--pp-bwd-codec", dest="bwd_codec", default="identity", metavar="CODEC",
-                   help="activation-gradient codec (same choices)")
-    g.add_argument("--clapping-fc-init", default="zero", metavar="INIT",
-                   help=f"clapping-fc reference on a fresh batch: {', '.join(FC_INITS)}")
-    g.add_argument("--aqsgd-store-dir", default=None, help="on-disk AQ-SGD store (memmap) directory")
-    g.add_argument("--eval-with-compression", action="store_true",
-                   help="evaluate through the compressed channels")
+    maps the namespace onto the dataclass (absent flags keep their defaults)."""
+    add_dataclass_args(parser, CompressionConfig, "pipeline compression")
     return parser

@@ -18,7 +18,7 @@ from megaclap.errors import UserFileNotFoundError, UserValueError
 
 from .blended import BlendedDataset, ShardStream
 from .config import parse_data_path
-from .gpt_dataset import MockGPTDataset, build_split_dataset
+from .gpt_dataset import MockGPTDataset, build_split_dataset, parse_split
 from .indexed_dataset import IndexedDataset
 from .samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule, OnlineSampler,
                        RangeSource)
@@ -62,9 +62,10 @@ class BatchSource:
         self.id_offset = id_offset
         self._last = None
 
-    def next_batch(self):
-        """This rank's GlobalBatch for the next step; raises DataExhausted at the end."""
-        ids, fresh = self.sampler.next()
+    def next_batch(self, global_batch_size=None):
+        """This rank's GlobalBatch for the next step (of `global_batch_size` samples over all
+        ranks, default the sampler's; set by batch-size ramp-up); DataExhausted at the end."""
+        ids, fresh = self.sampler.next(global_batch_size)
         if not fresh and self._last is not None:
             return GlobalBatch(False, self._last.sample_ids, self._last.tokens)
         per_rank = len(ids) // self.dp_size
@@ -202,8 +203,9 @@ def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_s
         train = MockGPTDataset(MOCK_TRAIN_SAMPLES, seq_length, vocab_size, seed)
         source = RangeSource(len(train))
         offsets = (0, MOCK_TRAIN_SAMPLES, MOCK_TRAIN_SAMPLES + MOCK_EVAL_SAMPLES)
+        weights = parse_split(data_cfg.split)   # a zero-weight split is absent, as Megatron's mock data
         valid, test = [MockGPTDataset(MOCK_EVAL_SAMPLES, seq_length, vocab_size, seed, off)
-                       if want_eval else None for off in offsets[1:]]
+                       if want_eval and w > 0 else None for off, w in zip(offsets[1:], weights[1:])]
     else:
         train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval)
     base = _train_base_sampler(data_cfg, train, source, global_batch_size, seed, schedule,

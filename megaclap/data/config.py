@@ -1,7 +1,9 @@
 """DataConfig: what to read and how to sample it, with Megatron-LM flag names."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import List, Optional
+
+from megaclap.flags import add_dataclass_args, from_namespace
 
 from .gpt_dataset import parse_split
 
@@ -18,7 +20,8 @@ class DataConfig:
     `A`, `A B` (blended by size) or `0.7 A 0.3 B` (blended by weight)."""
 
     split: str = "949,50,1"
-    """--split: train,valid,test weights; each prefix is split by document."""
+    """--split: train,valid,test weights; each prefix is split by document (with --mock-data:
+    a zero weight drops that split, as Megatron)."""
 
     data_cache_path: Optional[str] = None
     """--data-cache-path: directory for cached index arrays (None: rebuilt in memory)."""
@@ -43,7 +46,7 @@ class DataConfig:
     lazy_sampling_period: Optional[int] = None
     """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
 
-    tokenizer_type: Optional[str] = None
+    tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
     """--tokenizer-type: SentencePieceTokenizer, HuggingFaceTokenizer or NullTokenizer."""
 
     tokenizer_model: Optional[str] = None
@@ -80,8 +83,8 @@ class DataConfig:
 
     @classmethod
     def from_args(cls, args):
-        """DataConfig from a namespace parsed with add_data_args."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        """DataConfig from a namespace parsed with add_data_args (absent flags keep their defaults)."""
+        return from_namespace(cls, args)
 
 
 def parse_data_path(data_path):
@@ -110,25 +113,5 @@ def parse_data_path(data_path):
 
 
 def add_data_args(parser):
-    """Add the data flags (Megatron-LM names) to an argparse parser; returns the group."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-path", nargs="*", default=[],
-                   help="prefixes of .bin/.idx pairs, optionally weighted: 0.7 A 0.3 B")
-    g.add_argument("--split", default="949,50,1", help="train,valid,test weights by document")
-    g.add_argument("--data-cache-path", default=None, help="directory for cached index arrays")
-    g.add_argument("--mock-data", action="store_true", help="synthetic data, no --data-path")
-    g.add_argument("--online", action="store_true",
-                   help="one pass over the data, shuffled within --shuffle-window")
-    g.add_argument("--shuffle-window", type=int, default=10000,
-                   help="online shuffle buffer size in samples")
-    g.add_argument("--num-epochs", type=int, default=None,
-                   help="few-epoch sampler epochs (default: what --train-iters needs)")
-    g.add_argument("--lazy-sampling-prob", type=float, default=None,
-                   help="fresh global batch with this probability per step, else repeat")
-    g.add_argument("--lazy-sampling-period", type=int, default=None,
-                   help="fresh global batch every this many steps, else repeat")
-    g.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES)
-    g.add_argument("--tokenizer-model", default=None,
-                   help="sentencepiece .model, or HF tokenizer.json (or its directory)")
-    return g
-
+    """Add the data flags (Megatron-LM names), generated from DataConfig; returns the group."""
+    return add_dataclass_args(parser, DataConfig, "data")

@@ -32,6 +32,7 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 def parse_split(split):
     """'949,50,1' (or '949/50/1', or '98,2') -> normalised weights [3] summing to 1."""
+    split = split.strip("'\"")   # "--split '99,1,0'" from an unquoted bash array, as Megatron tolerates
     sep = "," if "," in split else "/"
     try:
         parts = [float(s) for s in split.split(sep)]

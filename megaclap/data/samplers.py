@@ -111,9 +111,9 @@ class FewEpochSampler:
             self._perms[epoch] = ids
         return self._perms[epoch]
 
-    def next_global(self):
-        """Ids of the next global batch, int64 [B]."""
-        n, b = self.num_samples, self.batch
+    def next_global(self, batch=None):
+        """Ids of the next global batch, int64 [batch or B]."""
+        n, b = self.num_samples, batch or self.batch
         if self.num_epochs is not None and self.consumed + b > self.num_epochs * n:
             raise DataExhausted(
                 f"few-epoch sampler exhausted after {self.consumed} samples ({self.num_epochs} "
@@ -172,17 +172,18 @@ class OnlineSampler:
         self.buffer.extend(range(self.next_id, stop))
         self.next_id = max(self.next_id, stop)
 
-    def next_global(self):
+    def next_global(self, batch=None):
         """Ids of the next global batch, int64 [B]; DataExhausted when fewer than B remain."""
+        batch = batch or self.batch
         self._fill()
-        short = self.batch - len(self.buffer)
+        short = batch - len(self.buffer)
         if short > 0 and not self.source.ensure(self.next_id + short):
             raise DataExhausted(f"online stream exhausted after {self.consumed} samples; "
                                 "add data or lower --train-iters")
-        u = self._u.take(self.draws, self.batch)
-        out = np.empty(self.batch, np.int64)
+        u = self._u.take(self.draws, batch)
+        out = np.empty(batch, np.int64)
         buf = self.buffer
-        for k in range(self.batch):
+        for k in range(batch):
             j = int(u[k] * len(buf))
             out[k] = buf[j]
             if self.source.ensure(self.next_id + 1):
@@ -191,8 +192,8 @@ class OnlineSampler:
             else:
                 buf[j] = buf[-1]
                 buf.pop()
-        self.draws += self.batch
-        self.consumed += self.batch
+        self.draws += batch
+        self.consumed += batch
         return out
 
     @property
@@ -222,11 +223,13 @@ class GlobalBatchSampler:
         self.step = 0
         self.last_ids = None
 
-    def next(self):
-        """(ids int64 [B], fresh) of step `self.step`, then advance."""
+    def next(self, batch=None):
+        """(ids int64 [batch or B], fresh) of step `self.step`, then advance (a new batch size
+        always draws fresh)."""
         fresh = self.schedule.is_fresh(self.step) or self.last_ids is None
+        fresh = fresh or (batch is not None and batch != len(self.last_ids))
         if fresh:
-            self.last_ids = self.base.next_global()
+            self.last_ids = self.base.next_global(batch)
         self.step += 1
         return self.last_ids, fresh
 

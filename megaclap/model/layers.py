@@ -88,6 +88,7 @@ class MLP(nn.Module):
     def __init__(self, cfg, tp: Optional[GroupInfo]):
         super().__init__()
         self.swiglu = cfg.swiglu
+        self.gelu_approx = "tanh" if getattr(cfg, "openai_gelu", False) else "none"   # exact GELU, as Megatron
         bias = not cfg.disable_bias_linear
         width = 2 * cfg.ffn if cfg.swiglu else cfg.ffn
         self.linear_fc1 = ColumnParallelLinear(cfg.hidden_size, width, tp, bias=bias,
@@ -100,7 +101,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(h, approximate=self.gelu_approx)
         return self.linear_fc2(h)
 
 

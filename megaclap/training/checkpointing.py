@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import time
 from typing import Optional
 
 import numpy as np
@@ -30,10 +31,13 @@ import torch.distributed as dist
 from megaclap.checkpoint import format as fmt
 from megaclap.checkpoint.format import (RESHARD_HINT, TRACKER, CheckpointError, iter_dir,  # noqa: F401
                                         rank_dir, read_tracker, write_tracker)
+from megaclap.training.startup import checkpoint_line
 
 # LRScheduler.state_dict keys (Megatron's names) -> the flag that sets each
-SCHEDULE_FLAGS = {"max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "--lr-warmup-iters",
-                  "lr_decay_steps": "--lr-decay-iters (default --train-iters)", "lr_decay_style": "--lr-decay-style"}
+SCHEDULE_FLAGS = {"max_lr": "--lr", "min_lr": "--min-lr",
+                  "lr_warmup_steps": "--lr-warmup-iters/-samples/-fraction (in samples)",
+                  "lr_decay_steps": "--lr-decay-iters/-samples (in samples; default the run's length)",
+                  "lr_decay_style": "--lr-decay-style"}
 
 
 def rng_state() -> dict:
@@ -95,6 +99,7 @@ class Checkpointer:
     def save(self, trainer) -> str:
         root, ps, it = self.cfg.train.save, self.ps, trainer.iteration
         overwrite = self.cfg.train.overwrite_checkpoint
+        started = time.perf_counter()
         tmp = iter_dir(root, it) + fmt.TMP_SUFFIX
         if ps.rank == 0:
             fmt.check_not_behind(root, it, overwrite, "--overwrite-checkpoint")
@@ -110,12 +115,15 @@ class Checkpointer:
             fmt.commit(root, it, overwrite, "--overwrite-checkpoint")
         _barrier()
         self.last_saved = it
+        if ps.rank == 0:
+            self.print(checkpoint_line("saved", root, it, time.perf_counter() - started,
+                                       f"{ps.tp_size * ps.pp_size} model shards, {ps.dp_size} data-parallel cursors"))
         return iter_dir(root, it)
 
     def _model_state(self, trainer) -> dict:
         return fmt.model_shard(
             trainer.iteration, trainer.stage.state_dict(), dataclasses.asdict(self.cfg), _layout(trainer),
-            consumed_samples=trainer.iteration * self.cfg.train.global_batch_size, optimizer=trainer.optimizer.state_dict(),
+            consumed_samples=trainer.consumed_samples, optimizer=trainer.optimizer.state_dict(),
             opt_param_scheduler=trainer.scheduler.state_dict(), loss_scaler=trainer.scaler.state_dict(),
             rng_state=rng_state(), counters={"skipped": trainer.skipped, "nans": trainer.nans})
 
@@ -174,13 +182,14 @@ class Checkpointer:
     def _restore_training(self, trainer, state: dict, sub: str) -> None:
         t = self.cfg.train
         trainer.iteration = state["iteration"]
+        trainer.consumed_samples = state.get("consumed_samples", trainer.iteration * self.cfg.train.global_batch_size)
         counters = state.get("counters", {})
         trainer.skipped, trainer.nans = counters.get("skipped", 0), counters.get("nans", 0)
         if t.no_load_optim or "optimizer" not in state:
             if not t.no_load_optim and self.ps.rank == 0:
                 self.print(f" checkpoint at iteration {trainer.iteration} has no optimizer state (converted?): "
                            "the optimizer starts fresh")
-            trainer.scheduler.load_state_dict({"num_steps": trainer.iteration})
+            trainer.scheduler.load_state_dict({"num_steps": trainer.consumed_samples})
         else:
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(reconcile_schedule(
@@ -222,9 +231,7 @@ class Checkpointer:
                        "pipeline Channel references reset")
 
     def _report(self, it: int, root: str) -> int:
-        if self.ps.rank == 0:
-            self.print(f" loaded checkpoint from {root} at iteration {it}")
-        return it
+        return it  # megaclap.training.pretrain prints the 'successfully loaded' line
 
     # --- hooks from the training loop -------------------------------------------------------
     def after_step(self, trainer) -> bool:

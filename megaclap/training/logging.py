@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Optional
 
 
@@ -17,13 +18,18 @@ def flops_per_token(m, vocab: int) -> float:
 def format_train_line(it: int, train_iters: int, consumed: int, ms_per_iter: float, tflops: float,
                       lr: float, gbs: int, loss: float, loss_scale: float, grad_norm: float,
                       skipped: int, nans: int, tokens_per_s: float, extra: str = "") -> str:
-    line = (f" iteration {it:8d}/{train_iters:8d} | consumed samples: {consumed:12d} |"
+    line = (f" {timestamp()} iteration {it:8d}/{train_iters:8d} | consumed samples: {consumed:12d} |"
             f" elapsed time per iteration (ms): {ms_per_iter:.1f} |"
             f" throughput per GPU (TFLOP/s/GPU): {tflops:.3f} | learning rate: {lr:.6E} |"
             f" global batch size: {gbs:5d} | lm loss: {loss:.6E} | loss scale: {loss_scale:.1f} |"
             f" grad norm: {grad_norm:.3f} | number of skipped iterations: {skipped:3d} |"
             f" number of nan iterations: {nans:3d} | tokens per second: {tokens_per_s:.1f} |")
     return line + extra
+
+
+def timestamp() -> str:
+    """Megatron's log-line prefix: [YYYY-MM-DD HH:MM:SS] (local time)."""
+    return datetime.now().strftime("[%Y-%m-%d %H:%M:%S]")
 
 
 def format_validation_line(it: int, loss: float, prefix: str = "validation") -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 import torch
@@ -37,6 +38,7 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
     """Build, resume, train, save and test on this rank; returns the Trainer."""
     from megaclap.training.checkpointing import Checkpointer
     from megaclap.training.logging import format_validation_line
+    from megaclap.training.startup import checkpoint_line, startup_summary
     from megaclap.training.trainer import Trainer
     print_fn = print_fn or (lambda s: print(s, flush=True))
     if pstate.rank == 0:
@@ -44,8 +46,15 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
                  f"pp {pstate.pp_size}, device {pstate.device.type}, "
                  f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
+    if pstate.rank == 0:
+        for line in startup_summary(cfg, trainer):
+            print_fn(line)
     checkpointer = Checkpointer(cfg, pstate, print_fn=print_fn)
-    checkpointer.load(trainer)
+    start = time.perf_counter()
+    loaded = checkpointer.load(trainer)
+    if loaded is not None and pstate.rank == 0:
+        print_fn(checkpoint_line("loaded", cfg.train.load, loaded, time.perf_counter() - start,
+                                 "weights only" if cfg.train.finetune else "model, optimizer, scheduler, data cursor"))
     trainer.train(checkpointer)
     checkpointer.finish(trainer)
     if trainer.data.test is not None and cfg.train.eval_iters > 0:

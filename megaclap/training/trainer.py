@@ -22,6 +22,8 @@ from megaclap.training import telemetry
 from megaclap.training.grads import clip_grad_norm, found_inf_or_nan, sync_grads
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
+from megaclap.megatron_checks import lr_horizons
+from megaclap.training.batch_schedule import build_batch_schedule
 from megaclap.training.optimizer import LossScaler, LRScheduler, build_optimizer
 
 
@@ -45,9 +47,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 100 * pstate.pp_rank)  # dropout: same within a tp group
         self.stage = build_stage(cfg, pstate)
         self.optimizer = build_optimizer(self.stage, cfg.optim, pstate.device)
-        self.scheduler = LRScheduler(self.optimizer, cfg.optim)
+        self.scheduler = LRScheduler(self.optimizer, cfg.optim, *lr_horizons(cfg))
         self.scaler = LossScaler(cfg.optim.fp16, cfg.optim.initial_loss_scale, cfg.optim.loss_scale,
-                                 cfg.optim.loss_scale_window)
+                                 cfg.optim.loss_scale_window, cfg.optim.min_loss_scale, cfg.optim.hysteresis)
+        self.batch_schedule = build_batch_schedule(cfg.train, cfg.model.seq_length, pstate.dp_size)
+        self.consumed_samples = 0  # training samples over all dp ranks (checkpointed; survives a batch change)
         m, t = cfg.model, cfg.train
         shape = (t.micro_batch_size, m.seq_length, m.hidden_size)
         self.p2p = self.eval_p2p = None
@@ -61,6 +65,7 @@ class Trainer:
             train_iters=t.train_iters, eval_iters=t.eval_iters, eval_interval=t.eval_interval,
             seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage)
         self.iteration, self.skipped, self.nans = 0, 0, 0
+        self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
         self.comm_total = None   # summed telemetry array over the run (megaclap.training.telemetry)
@@ -103,10 +108,12 @@ class Trainer:
             skipped = found_inf_or_nan(self.stage, self.ps)
             self.scaler.update(skipped)
         grad_norm = float("nan") if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
+        gbs = self.last_gbs = len(batch.sample_ids) * self.ps.dp_size
         if not skipped:
             self.optimizer.step()
-            self.scheduler.step()
+            self.scheduler.step(gbs)
         self.iteration += 1
+        self.consumed_samples += gbs
         self.skipped += int(skipped)
         self.nans += int(not math.isfinite(grad_norm) and not skipped)
         return {"loss": self._mean_loss(stats.losses), "grad_norm": grad_norm, "skipped": skipped}
@@ -132,7 +139,7 @@ class Trainer:
         t, log = self.cfg.train, _IntervalLog()
         while self.iteration < t.train_iters:
             try:
-                batch = self.data.train.next_batch()
+                batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
             except DataExhausted as e:
                 if self.ps.is_logging_rank:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
@@ -150,9 +157,23 @@ class Trainer:
                 self._log_validation(self.evaluate())
             if checkpointer is not None and checkpointer.after_step(self):
                 break
+            if t.exit_duration_in_mins and self._out_of_time(checkpointer):
+                break
         if log.steps:  # the last, partial interval (its bytes count too)
             self._log(log)
         self.tb.close()
+
+    def _out_of_time(self, checkpointer) -> bool:
+        """--exit-duration-in-mins: every rank agrees (max over the world), then save and stop."""
+        over = torch.tensor([float(time.time() - self.start_time > 60 * self.cfg.train.exit_duration_in_mins)],
+                            device=self.ps.device)
+        if dist.is_initialized():
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        if over.item() and checkpointer is not None and self.cfg.train.save:
+            checkpointer.save(self)
+        if over.item() and self.ps.is_logging_rank:
+            self.print(f" exiting program after {self.cfg.train.exit_duration_in_mins} minutes (--exit-duration-in-mins)")
+        return bool(over.item())
 
     def gather_telemetry(self):
         """This interval's compression counters from every stage (a pp-group collective)."""
@@ -171,7 +192,7 @@ class Trainer:
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
-        gbs, samples = c.train.global_batch_size, self.iteration * c.train.global_batch_size
+        gbs, samples = self.last_gbs, self.consumed_samples
         sec = log.seconds / max(1, log.steps)
         tokens_s = gbs * m.seq_length / sec
         tflops = flops_per_token(m, m.padded_vocab_size(self.ps.tp_size)) * tokens_s / self.ps.world_size / 1e12
@@ -192,7 +213,7 @@ class Trainer:
 
     def _log_validation(self, loss: float) -> None:
         if self.ps.is_logging_rank:
-            samples = self.iteration * self.cfg.train.global_batch_size
+            samples = self.consumed_samples
             self.print("-" * 100)
             self.print(format_validation_line(self.iteration, loss))
             self.print("-" * 100)

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_flags(cfg: ModelConfig) -> str:
     """The megaclap training flags that describe cfg (non-default fields)."""
-    out, always = [], ("num_layers", "hidden_size", "num_attention_heads", "vocab_size")
+    out, always = [], ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size")
     for f in dataclasses.fields(ModelConfig):
         value = getattr(cfg, f.name)
         if value is None or (value == f.default and f.name not in always):

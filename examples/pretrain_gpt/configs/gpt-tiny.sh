@@ -6,8 +6,8 @@ NUM_ATTENTION_HEADS=4
 FFN_HIDDEN_SIZE=512
 SEQ_LENGTH=128
 MAX_POSITION_EMBEDDINGS=128
-# GPT-2 flavour: LayerNorm, learned absolute positions, GELU, tied embeddings (the defaults).
-MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute"
+# GPT-2 flavour: LayerNorm, learned absolute positions, tanh GELU (--openai-gelu), tied embeddings.
+MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute --openai-gelu"
 VOCAB_SIZE=8192          # used with --mock-data only; a real tokenizer gives its own size
 PRECISION=""             # fp32: runs anywhere, CPU included
 SUGGESTED_TP=1

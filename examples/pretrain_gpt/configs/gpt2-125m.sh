@@ -6,8 +6,8 @@ NUM_ATTENTION_HEADS=12
 FFN_HIDDEN_SIZE=3072
 SEQ_LENGTH=1024
 MAX_POSITION_EMBEDDINGS=1024
-# GPT-2 flavour: LayerNorm, learned absolute positions, GELU, tied embeddings (the defaults).
-MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute"
+# GPT-2 flavour: LayerNorm, learned absolute positions, tanh GELU (--openai-gelu), tied embeddings.
+MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute --openai-gelu"
 VOCAB_SIZE=50257         # GPT-2 BPE; used with --mock-data only
 PRECISION="--bf16"
 # One 8-GPU node: pure data parallelism would fit, PP=2 puts one Clapping-compressed

@@ -6,7 +6,7 @@ NUM_ATTENTION_HEADS=16
 FFN_HIDDEN_SIZE=6144
 SEQ_LENGTH=1024
 MAX_POSITION_EMBEDDINGS=1024
-MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute"
+MODEL_ARGS="--normalization LayerNorm --position-embedding-type learned_absolute --openai-gelu"
 VOCAB_SIZE=50257         # GPT-2 BPE; used with --mock-data only
 PRECISION="--bf16"
 # One 8-GPU node: tp 1, pp 2 (one compressed boundary), dp 4.
