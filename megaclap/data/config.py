@@ -5,8 +5,7 @@ from typing import List, Optional
 
 from .gpt_dataset import parse_split
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer",
-                   "HuggingFaceTokenizer", "NullTokenizer")
+from .tokenizers import TOKENIZER_TYPES
 
 
 @dataclass
@@ -44,10 +43,17 @@ class DataConfig:
     """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
 
     tokenizer_type: Optional[str] = None
-    """--tokenizer-type: SentencePieceTokenizer, HuggingFaceTokenizer or NullTokenizer."""
+    """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
+    HuggingFaceTokenizer or NullTokenizer."""
 
     tokenizer_model: Optional[str] = None
     """--tokenizer-model: sentencepiece .model, or tokenizer.json (or its directory)."""
+
+    vocab_file: Optional[str] = None
+    """--vocab-file: GPT2BPETokenizer's vocab.json."""
+
+    merge_file: Optional[str] = None
+    """--merge-file: GPT2BPETokenizer's merges.txt."""
 
     def validate(self):
         """Raise ValueError with a one-line message naming the flag to change."""
@@ -75,7 +81,10 @@ class DataConfig:
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"--tokenizer-type {self.tokenizer_type}: choose one of "
                              f"{', '.join(TOKENIZER_TYPES)}")
-        if self.tokenizer_type not in (None, "NullTokenizer") and not self.tokenizer_model:
+        if self.tokenizer_type == "GPT2BPETokenizer" and not (self.vocab_file and self.merge_file):
+            raise ValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
+        if self.tokenizer_type not in (None, "NullTokenizer", "GPT2BPETokenizer") \
+                and not self.tokenizer_model:
             raise ValueError(f"--tokenizer-type {self.tokenizer_type} needs --tokenizer-model")
 
     @classmethod
@@ -130,5 +139,7 @@ def add_data_args(parser):
     g.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES)
     g.add_argument("--tokenizer-model", default=None,
                    help="sentencepiece .model, or HF tokenizer.json (or its directory)")
+    g.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
+    g.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
     return g
 
