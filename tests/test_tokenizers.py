@@ -87,3 +87,22 @@ def test_preprocess_with_gpt2_bpe_flags(bpe_files, tmp_path):
                           merge_file=str(bpe_files / "merges.txt"))
     ds = IndexedDataset(str(tmp_path / "g_text_document"))
     assert [ds[i].tolist() for i in range(len(TEXTS))] == [tok.tokenize(t) + [tok.eod] for t in TEXTS]
+
+
+def test_training_flags_take_vocab_from_gpt2_bpe_and_null(bpe_files):
+    from megaclap.arguments import parse_args
+    from megaclap.training.pretrain import resolve_vocab_size
+
+    model = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+             "--max-position-embeddings", "32", "--micro-batch-size", "1", "--global-batch-size", "1",
+             "--train-iters", "1", "--data-path", "unused"]
+    cfg = parse_args(model + ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(bpe_files / "vocab.json"),
+                              "--merge-file", str(bpe_files / "merges.txt")])
+    resolve_vocab_size(cfg)
+    assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
+    cfg = parse_args(model + ["--tokenizer-type", "NullTokenizer", "--vocab-size", "512"])
+    resolve_vocab_size(cfg)
+    assert cfg.model.vocab_size == 513   # NullTokenizer's eod id 512 is in the vocabulary
+    cfg = parse_args(model + ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(bpe_files / "vocab.json")])
+    with pytest.raises(ValueError, match="--merge-file"):
+        cfg.data.validate()

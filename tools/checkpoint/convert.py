@@ -104,7 +104,12 @@ def convert(args: argparse.Namespace) -> str:
         raise ConversionError("--loader hf and --saver hf need --model-type gpt2 or llama")
     if args.true_vocab_size is not None and args.loader != "megatron":
         raise ConversionError("--true-vocab-size applies to --loader megatron only")
-    full, cfg, base_args, iteration, special = _load(args)
+    try:
+        full, cfg, base_args, iteration, special = _load(args)
+    except (ConversionError, CheckpointError) as e:
+        if "--load-dir" in str(e):
+            raise
+        raise type(e)(f"--load-dir {args.load_dir}: {e}") from None
     if args.saver == "hf":
         hf.write_hf(args.save_dir, args.model_type, full, cfg, special)
         return f"wrote Hugging Face {args.model_type} model to {args.save_dir}"
