@@ -184,6 +184,9 @@ def _stage_global(models: list, offset: int) -> tuple[list, int]:
 def read_megatron(root: str, true_vocab_size: Optional[int] = None) -> tuple[dict, ModelConfig, int]:
     """(full megaclap state dict, ModelConfig, iteration) of the tracked checkpoint in root."""
     iteration, it_dir = locate(root)
+    if not any(os.path.isdir(os.path.join(it_dir, d)) for d in ("mp_rank_00", "mp_rank_00_000")):
+        raise ConversionError(f"{it_dir} holds no mp_rank_00[_000]/{MODEL_FILE}: the tracker names a missing "
+                              "or incomplete checkpoint")
     pp_guess = 1 if os.path.isdir(os.path.join(it_dir, "mp_rank_00")) else 2
     first = _load(_shard_path(it_dir, 0, 0, pp_guess))
     args = first.get("args")
@@ -206,6 +209,8 @@ def read_megatron(root: str, true_vocab_size: Optional[int] = None) -> tuple[dic
         for name in models[0]:
             if name == "output_layer.weight" and not cfg.untie_embeddings_and_output_weights:
                 continue   # the last stage's copy of the tied embedding
+            missing = [t for t, sd in enumerate(models) if name not in sd]
+            _require(not missing, f"{it_dir}: tp rank {missing[:1]} of stage {p} has no {name}")
             parts[name] = [sd[name] for sd in models]
     _require(offset == cfg.num_layers, f"{it_dir}: the stages hold {offset} layers, the args say {cfg.num_layers}")
     stage = meta_stage(cfg, tp, 0, 0, cfg.num_layers, True, True)

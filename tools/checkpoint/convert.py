@@ -115,7 +115,11 @@ def convert(args: argparse.Namespace) -> str:
         return f"wrote Hugging Face {args.model_type} model to {args.save_dir}"
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
     where = io.save_checkpoint(args.save_dir, full, cfg, tp, pp, iteration, base_args)
-    return (f"wrote tp={tp} pp={pp} megaclap checkpoint to {where}\n"
+    note = ""
+    if args.loader == "megatron" and args.true_vocab_size is None:
+        note = (f"note: kept Megatron's padded vocabulary ({cfg.vocab_size} rows); pass --true-vocab-size "
+                "to drop the padding rows\n")
+    return (f"{note}wrote tp={tp} pp={pp} megaclap checkpoint to {where}\n"
             f"load it with --load {args.save_dir} --finetune (or --no-load-optim), "
             f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp} and\n  {model_flags(cfg)}")
 
