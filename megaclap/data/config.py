@@ -47,7 +47,8 @@ class DataConfig:
     HuggingFaceTokenizer or NullTokenizer."""
 
     tokenizer_model: Optional[str] = None
-    """--tokenizer-model: sentencepiece .model, or tokenizer.json (or its directory)."""
+    """--tokenizer-model: sentencepiece .model, or tokenizer.json, or a directory with
+    tokenizer.json or vocab.json + merges.txt."""
 
     vocab_file: Optional[str] = None
     """--vocab-file: GPT2BPETokenizer's vocab.json."""
