@@ -53,6 +53,13 @@ def test_gpt2_local_names_release_to_pipelined_tp1pp2(tmp_path):
     padded = from_megatron(tmp_path / "mg", tmp_path / "padded", 1, 1)
     assert io.load_checkpoint(padded).cfg.vocab_size == 256
     assert (whole_logits(padded, tokens)[..., :100] - expected).abs().max() < 1e-4
+    # Megatron -> HF gives back the reference's tensors exactly
+    from safetensors.torch import load_file
+    assert convert("--loader", "megatron", "--saver", "hf", "--model-type", "gpt2", "--load-dir", tmp_path / "mg",
+                   "--save-dir", tmp_path / "hf_back", "--true-vocab-size", 100) == 0
+    back, ref = load_file(tmp_path / "hf_back" / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    assert sorted(back) == sorted(k for k in ref if not k.endswith(".attn.bias"))
+    assert all(torch.equal(back[k], ref[k]) for k in back)
 
 
 def test_bad_megatron_checkpoints_are_refused(tmp_path, capsys):
