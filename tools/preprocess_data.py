@@ -24,6 +24,7 @@ A bad record (bad JSON, missing key, a list or other non-string value) stops the
 
 import argparse
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import threading
@@ -189,13 +190,19 @@ def encode_partitions(args, files, finals, dtype):
             proc.start()
             send.close()
             procs.append((proc, recv))
-        results = []
-        for proc, recv in procs:
-            msg = recv.recv() if recv.poll(None) else ("error", "RuntimeError", "partition process died")
-            proc.join()
-            if msg[0] == "error":
-                raise (FileNotFoundError if msg[1] == "FileNotFoundError" else InputError)(msg[2])
-            results.append(msg[1])
+        results, pending = {}, {recv: p for p, (_, recv) in enumerate(procs)}
+        while pending:   # the first error stops every partition
+            for recv in multiprocessing.connection.wait(list(pending)):
+                p = pending.pop(recv)
+                try:
+                    msg = recv.recv()
+                except EOFError:
+                    procs[p][0].join()
+                    msg = ("error", "", f"partition {p} died (exit code {procs[p][0].exitcode})")
+                if msg[0] == "error":
+                    raise (FileNotFoundError if msg[1] == "FileNotFoundError" else InputError)(msg[2])
+                results[p] = msg[1]
+        results = [results[p] for p in range(n)]
         for key, final in finals.items():
             builder = IndexedDatasetBuilder(final + ".tmp.bin", dtype)
             for p in range(n):
