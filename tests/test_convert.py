@@ -62,6 +62,7 @@ def test_round_trip_is_bit_identical(kind, tied, tmp_path):
         assert before[k].dtype == after[k].dtype and torch.equal(before[k], after[k]), k
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     assert reloaded.config.tie_word_embeddings == tied
+    assert not (tmp_path / "back" / "generation_config.json").exists()   # no bos/eos known
     if kind == "llama":
         assert reloaded.config.num_key_value_heads == 2 and reloaded.config.rms_norm_eps == 1e-4
         assert reloaded.config.rope_parameters["rope_theta"] == 5000.0
@@ -176,3 +177,20 @@ def test_training_loads_converted_checkpoint(resume_flag, tmp_path):
     # continued pretraining on one repeated batch (--lazy-sampling-prob 0): the loss must fall
     losses = [tr.train_step(tr.data.train.next_batch())["loss"] for _ in range(10)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+
+
+def test_llama_dropout_and_special_tokens_survive_conversion(tmp_path, capsys):
+    """HF Llama has no hidden dropout: the converted model records 0 and the printed flags say so;
+    bos/eos ids come back on export, with a generation_config.json."""
+    from transformers import GenerationConfig
+    hf_model("llama", tmp_path / "hf", bos_token_id=1, eos_token_id=2)
+    capsys.readouterr()
+    ckpt = to_megaclap("llama", tmp_path / "hf", tmp_path / "mc", 1, 1)
+    assert "--hidden-dropout 0.0" in capsys.readouterr().out
+    assert io.load_checkpoint(ckpt).cfg.hidden_dropout == 0.0
+    assert convert("--model-type", "llama", "--loader", "megaclap", "--saver", "hf", "--load-dir", ckpt,
+                   "--save-dir", str(tmp_path / "back")) == 0
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    gen = GenerationConfig.from_pretrained(tmp_path / "back")
+    assert (gen.bos_token_id, gen.eos_token_id) == (1, 2)

@@ -80,3 +80,9 @@ def test_cli_errors(tmp_path, capsys):
     _, ckpt = _convert("gpt2", tmp_path, 1, 1)
     assert main(["--load", ckpt, "--prompt", "3 100"]) == 2
     assert "token ids in [0, 100)" in capsys.readouterr().err
+    long_prompt = " ".join(["7"] * 33)   # the tiny GPT-2 has 32 learned positions
+    assert main(["--load", ckpt, "--prompt", long_prompt]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt is 33 tokens, longer than the model's position table (32" in err
+    assert main(["--load", ckpt, "--prompt", " ".join(["7"] * 32), "--max-new-tokens", "3", "--ignore-eod"]) == 0
+    assert len(capsys.readouterr().out.split()) == 1   # a full table leaves room for one token

@@ -167,3 +167,88 @@ def test_bad_inputs_name_the_flag(tmp_path):
     with pytest.raises(ValueError, match="unsupported extension"):
         preprocess_data.main(["--input", str(tmp_path / "x.csv"), "--output-prefix", "x",
                               "--tokenizer-type", "NullTokenizer", "--vocab-size", "5"])
+
+
+def _null(tmp_path, inputs, out, *extra):
+    return preprocess_data.main(["--input", *inputs, "--output-prefix", str(tmp_path / out),
+                                 "--tokenizer-type", "NullTokenizer", "--vocab-size", "100",
+                                 "--log-interval", "0", *extra])
+
+
+def _lines(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_failed_run_leaves_previous_output_intact(tmp_path):
+    good = _lines(tmp_path / "good.jsonl", [{"text": "1 2 3"}, {"text": "4 5"}])
+    _null(tmp_path, [good], "P", "--append-eod")
+    before = {ext: (tmp_path / f"P_text_document.{ext}").read_bytes() for ext in ("bin", "idx")}
+    (tmp_path / "bad.jsonl").write_text("this is not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: bad JSON line"):
+        _null(tmp_path, [str(tmp_path / "bad.jsonl")], "P")
+    after = {ext: (tmp_path / f"P_text_document.{ext}").read_bytes() for ext in ("bin", "idx")}
+    assert after == before and len(before["bin"]) == 7 * 2   # 7 uint16 tokens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["P_text_document.bin", "P_text_document.idx",
+                                                          "bad.jsonl", "good.jsonl"]   # no .tmp left
+
+
+@pytest.mark.parametrize("value,kind", [(["1 2", "3"], "list"), (7, "int"), (None, "null")])
+def test_non_string_value_names_record_and_key_and_writes_nothing(tmp_path, value, kind):
+    src = _lines(tmp_path / "in.jsonl", [{"text": "1 2", "t2": "3"}] * 3 + [{"text": "4", "t2": value}])
+    with pytest.raises(ValueError, match=f"in.jsonl:4: key 't2' holds a {kind}"):
+        _null(tmp_path, [src], "o", "--json-keys", "text", "t2", "--workers", "2")
+    if kind == "list":   # the error crosses from a partition process too
+        with pytest.raises(ValueError, match=f"in.jsonl:4: key 't2' holds a {kind}"):
+            _null(tmp_path, [src], "o", "--json-keys", "text", "t2", "--partitions", "2", "--workers", "2")
+    assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
+
+
+def test_empty_input_is_an_error(tmp_path, capsys):
+    (tmp_path / "e.jsonl").write_text("")
+    _lines(tmp_path / "blank.jsonl", [{"text": ""}, {"text": "   "}])
+    for name in ("e.jsonl", "blank.jsonl"):
+        with pytest.raises(ValueError, match="no documents"):
+            _null(tmp_path, [str(tmp_path / name)], "o")
+    assert preprocess_data.cli(["--input", str(tmp_path / "e.jsonl"), "--output-prefix", str(tmp_path / "o"),
+                                "--tokenizer-type", "NullTokenizer", "--vocab-size", "9", "--log-interval", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("preprocess_data.py: error: no documents")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.jsonl", "e.jsonl"]
+
+
+def test_gzip_input_and_partitions_in_megatron_order(tmp_path):
+    import gzip
+    rows = [{"text": " ".join(str(i + j) for j in range(1 + i % 3))} for i in range(25)]
+    plain = _lines(tmp_path / "a.jsonl", rows)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        f.write((tmp_path / "a.jsonl").read_text())
+    _null(tmp_path, [plain], "plain", "--append-eod")
+    _null(tmp_path, [str(tmp_path / "a.jsonl.gz")], "gz", "--append-eod")
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"gz_text_document.{ext}").read_bytes() == (tmp_path / f"plain_text_document.{ext}").read_bytes()
+    _null(tmp_path, [plain, str(tmp_path / "a.jsonl.gz")], "part", "--partitions", "3", "--workers", "3")
+    ds = IndexedDataset(str(tmp_path / "part_text_document"))
+    both = rows + rows   # records of both files, taken round-robin into 3 partitions, merged in order
+    expect = [[int(x) for x in both[i]["text"].split()] for p in range(3) for i in range(p, 50, 3)]
+    assert [ds[i].tolist() for i in range(len(ds))] == expect
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_split_sentences_and_keep_newlines(corpus, tmp_path):
+    root, _, model = corpus
+    tok = build_tokenizer("SentencePieceTokenizer", model)
+    text = "the pipeline stage sends. The lazy batch repeats!\n\nA gradient goes backward"
+    src = _lines(tmp_path / "s.jsonl", [{"text": text}, {"text": "if else"}])
+    for keep in (False, True):
+        _preprocess(tmp_path, model, [src], f"s{keep}", workers=1,
+                    extra=("--split-sentences", "--append-eod") + (("--keep-newlines",) if keep else ()))
+        ds = IndexedDataset(str(tmp_path / f"s{keep}_text_sentence"))
+        assert ds.num_documents == 2 and len(ds) == 4   # 3 sentences + 1, one sequence each
+        sentences = [tok.detokenize(ds[i].tolist()) for i in range(3)]
+        assert ds[2].tolist()[-1] == tok.eod and ds[3].tolist()[-1] == tok.eod
+        sentences[2] = tok.detokenize(ds[2].tolist()[:-1])
+        if keep:
+            assert "".join(sentences) == text
+        else:
+            assert sentences == ["the pipeline stage sends.", "The lazy batch repeats!", "A gradient goes backward"]

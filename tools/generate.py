@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--tokenizer-type", default="NullTokenizer")
     p.add_argument("--tokenizer-model", default=None)
+    p.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
+    p.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
     p.add_argument("--ignore-eod", action="store_true", help="do not stop at the tokenizer's end-of-document id")
     return p
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_tokenizer(args, vocab_size: int):
     """The tokenizer; NullTokenizer ids span the model's vocabulary (eod = vocab_size - 1)."""
     from megaclap.data.tokenizers import build_tokenizer as build
-    return build(args.tokenizer_type, args.tokenizer_model, vocab_size - 1)
+    return build(args.tokenizer_type, args.tokenizer_model, vocab_size - 1, args.vocab_file, args.merge_file)
 
 
 def main(argv=None) -> int:
@@ -49,8 +51,8 @@ def main(argv=None) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         tp, pp = checkpoint_layout(args.load) if world > 1 else (1, 1)
-    except (CheckpointError, ValueError) as e:
-        print(f"generate: error: {e}", file=sys.stderr)
+    except CheckpointError as e:
+        print(f"generate: error: --load {args.load}: {e}", file=sys.stderr)
         return 2
     if world % (tp * pp):
         print(f"generate: error: world size {world} is not a multiple of the checkpoint's tp {tp} x pp {pp}; "
@@ -63,7 +65,10 @@ def main(argv=None) -> int:
         new = generate(stage, tok.tokenize(args.prompt), args.max_new_tokens, pstate, greedy=args.greedy,
                        temperature=args.temperature, top_p=args.top_p, eod=None if args.ignore_eod else tok.eod,
                        seed=args.seed)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except CheckpointError as e:
+        print(f"generate: error: --load {args.load}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
     if pstate.rank == 0:

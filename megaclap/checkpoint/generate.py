@@ -93,9 +93,13 @@ def generate(stage: GPTStage, prompt: list, max_new_tokens: int, pstate=None, gr
     """New token ids after prompt (every rank returns the same list). Call on every rank."""
     cfg = stage.cfg
     if not prompt or not all(0 <= t < cfg.vocab_size for t in prompt):
-        raise ValueError(f"prompt {prompt[:8]}: expected a non-empty list of token ids in [0, {cfg.vocab_size})")
+        raise ValueError(f"--prompt {prompt[:8]}: expected a non-empty list of token ids in [0, {cfg.vocab_size}) "
+                         "(check --tokenizer-type / --tokenizer-model)")
     device = next(stage.parameters()).device
-    limit = cfg.max_position_embeddings if cfg.position_embedding_type == "learned_absolute" else None
+    limit = (cfg.max_position_embeddings or cfg.seq_length) if cfg.position_embedding_type == "learned_absolute" else None
+    if limit is not None and len(prompt) > limit:
+        raise ValueError(f"--prompt is {len(prompt)} tokens, longer than the model's position table "
+                         f"({limit} learned positions): shorten --prompt")
     generator = torch.Generator().manual_seed(seed)
     caches = [{} for _ in stage.decoder.layers]
     ids, pos, new = torch.tensor([prompt], device=device), 0, []

@@ -1,7 +1,9 @@
 """Hugging Face model folders (config.json + safetensors or pytorch_model.bin), local only.
 
     read_hf(dir, model_type)           -> (full megaclap state dict, ModelConfig)
-    write_hf(dir, model_type, full, cfg)  writes config.json + model.safetensors atomically
+    special_tokens(dir)                -> {bos_token_id, eos_token_id} that config.json knows
+    write_hf(dir, model_type, full, cfg, special)  writes config.json + model.safetensors
+                                          (+ generation_config.json when bos/eos are known)
 
 Config fields mapped (anything else that changes the maths is refused, by name):
     GPT-2: n_embd, n_layer, n_head, n_inner, n_positions, layer_norm_epsilon, vocab_size,
@@ -9,12 +11,15 @@ Config fields mapped (anything else that changes the maths is refused, by name):
     Llama: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
            num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters), vocab_size,
            max_position_embeddings, tie_word_embeddings, initializer_range, attention_dropout
+           (HF Llama has no hidden dropout: the converted model records --hidden-dropout 0)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from typing import Optional
 
 import torch
 
@@ -37,6 +42,12 @@ def _rope_theta(c: dict) -> float:
     return float(c.get("rope_theta", params.get("rope_theta", 10000.0)))
 
 
+def _model_config(**kw) -> ModelConfig:
+    """ModelConfig from the fields it has."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in kw.items() if k in names})
+
+
 def _gpt2_config(c: dict) -> ModelConfig:
     act = c.get("activation_function", "gelu_new")
     _require(act in ("gelu_new", "gelu_pytorch_tanh", "gelu"),
@@ -44,7 +55,7 @@ def _gpt2_config(c: dict) -> ModelConfig:
     _require(c.get("scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx", False),
              "unsupported GPT-2 attention scaling: expected scale_attn_weights=true, "
              "scale_attn_by_inverse_layer_idx=false")
-    return ModelConfig(
+    return _model_config(
         num_layers=c["n_layer"], hidden_size=c["n_embd"], num_attention_heads=c["n_head"],
         ffn_hidden_size=c.get("n_inner") or 4 * c["n_embd"], seq_length=c["n_positions"],
         max_position_embeddings=c["n_positions"], norm_epsilon=c.get("layer_norm_epsilon", 1e-5),
@@ -68,7 +79,7 @@ def _llama_config(c: dict) -> ModelConfig:
         max_position_embeddings=c["max_position_embeddings"], position_embedding_type="rope",
         rotary_base=_rope_theta(c), normalization="RMSNorm", norm_epsilon=c.get("rms_norm_eps", 1e-6),
         swiglu=True, untie_embeddings_and_output_weights=not c.get("tie_word_embeddings", False),
-        disable_bias_linear=True, init_method_std=c.get("initializer_range", 0.02),
+        disable_bias_linear=True, init_method_std=c.get("initializer_range", 0.02), hidden_dropout=0.0,
         attention_dropout=c.get("attention_dropout", 0.0), vocab_size=c["vocab_size"])
 
 
@@ -96,9 +107,10 @@ def check_flavour(model_type: str, cfg: ModelConfig) -> None:
     _require(not wrong, f"this checkpoint is not a {model_type} model: {wrong}, expected {want}")
 
 
-def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype) -> dict:
-    """HF config.json dict for a megaclap ModelConfig."""
+def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype, special: Optional[dict] = None) -> dict:
+    """HF config.json dict for a megaclap ModelConfig (bos/eos ids from special, else null)."""
     check_flavour(model_type, cfg)
+    special = {"bos_token_id": None, "eos_token_id": None, **(special or {})}
     common = {"architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "vocab_size": cfg.vocab_size,
               "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
               "initializer_range": cfg.init_method_std, "dtype": str(dtype).replace("torch.", "")}
@@ -107,7 +119,7 @@ def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype) -> dict:
                 "n_inner": cfg.ffn, "n_positions": cfg.max_position_embeddings or cfg.seq_length,
                 "layer_norm_epsilon": cfg.norm_epsilon, "activation_function": "gelu_new" if cfg.openai_gelu else "gelu",
                 "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout, "attn_pdrop": cfg.attention_dropout,
-                "bos_token_id": None, "eos_token_id": None}
+                **special}
     return {**common, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn,
             "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
             "num_key_value_heads": cfg.query_groups, "head_dim": cfg.head_dim, "hidden_act": "silu",
@@ -115,7 +127,7 @@ def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype) -> dict:
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_base},
             "max_position_embeddings": cfg.max_position_embeddings or cfg.seq_length,
             "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.attention_dropout,
-            "bos_token_id": None, "eos_token_id": None}
+            **special}
 
 
 def _read_tensors(path: str) -> dict:
@@ -154,12 +166,26 @@ def read_hf(path: str, model_type: str, make_vocab_size_divisible_by: int = 128)
     return full, cfg
 
 
-def write_hf(path: str, model_type: str, full: dict, cfg: ModelConfig) -> None:
-    """config.json + model.safetensors that transformers' from_pretrained(path) loads."""
+def special_tokens(path: str) -> dict:
+    """{bos_token_id, eos_token_id} of an HF folder (generation_config.json, else config.json), known ones only."""
+    out = {}
+    for name in ("config.json", "generation_config.json"):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file) as f:
+                c = json.load(f)
+            out.update({k: c[k] for k in ("bos_token_id", "eos_token_id") if isinstance(c.get(k), (int, list))})
+    return out
+
+
+def write_hf(path: str, model_type: str, full: dict, cfg: ModelConfig, special: Optional[dict] = None) -> None:
+    """config.json + model.safetensors that transformers' from_pretrained(path) loads, and a
+    generation_config.json when special (bos/eos token ids) knows any."""
     from safetensors.torch import save_file
     tensors = megaclap_to_hf(KEYMAPS[model_type], cfg, full, model_shapes(cfg))
     dtype = next(iter(tensors.values())).dtype
-    config = config_to_hf(model_type, cfg, dtype)
+    special = {k: v for k, v in (special or {}).items() if v is not None}
+    config = config_to_hf(model_type, cfg, dtype, special)
     if os.path.isdir(path) and os.listdir(path):
         raise ConversionError(f"{path} exists and is not empty; choose a new --save-dir")
     tmp = path.rstrip("/") + ".tmp"
@@ -170,6 +196,9 @@ def write_hf(path: str, model_type: str, full: dict, cfg: ModelConfig) -> None:
                   metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+        if special:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(special, f, indent=2, sort_keys=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

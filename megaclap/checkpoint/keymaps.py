@@ -144,7 +144,7 @@ def pad_vocab(t: torch.Tensor, padded: int, name: str = "vocabulary") -> torch.T
     """Append zero rows up to `padded` (a multiple of make_vocab_size_divisible_by * tp)."""
     if t.shape[0] > padded:
         raise ConversionError(f"{name}: vocabulary of {t.shape[0]} rows is larger than the padded size {padded}; "
-                              "raise --make-vocab-size-divisible-by or check --vocab-size")
+                              "raise --make-vocab-size-divisible-by")
     return torch.cat([t, t.new_zeros(padded - t.shape[0], *t.shape[1:])]) if t.shape[0] < padded else t
 
 

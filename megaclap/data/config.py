@@ -7,8 +7,7 @@ from megaclap.flags import add_dataclass_args, from_namespace
 
 from .gpt_dataset import parse_split
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer",
-                   "HuggingFaceTokenizer", "NullTokenizer")
+from .tokenizers import TOKENIZER_TYPES
 
 
 @dataclass
@@ -47,10 +46,18 @@ class DataConfig:
     """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
 
     tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
-    """--tokenizer-type: SentencePieceTokenizer, HuggingFaceTokenizer or NullTokenizer."""
+    """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
+    HuggingFaceTokenizer or NullTokenizer."""
 
     tokenizer_model: Optional[str] = None
-    """--tokenizer-model: sentencepiece .model, or tokenizer.json (or its directory)."""
+    """--tokenizer-model: sentencepiece .model, or tokenizer.json, or a directory with
+    tokenizer.json or vocab.json + merges.txt."""
+
+    vocab_file: Optional[str] = None
+    """--vocab-file: GPT2BPETokenizer's vocab.json."""
+
+    merge_file: Optional[str] = None
+    """--merge-file: GPT2BPETokenizer's merges.txt."""
 
     def validate(self):
         """Raise ValueError with a one-line message naming the flag to change."""
@@ -78,7 +85,10 @@ class DataConfig:
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"--tokenizer-type {self.tokenizer_type}: choose one of "
                              f"{', '.join(TOKENIZER_TYPES)}")
-        if self.tokenizer_type not in (None, "NullTokenizer") and not self.tokenizer_model:
+        if self.tokenizer_type == "GPT2BPETokenizer" and not (self.vocab_file and self.merge_file):
+            raise ValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
+        if self.tokenizer_type not in (None, "NullTokenizer", "GPT2BPETokenizer") \
+                and not self.tokenizer_model:
             raise ValueError(f"--tokenizer-type {self.tokenizer_type} needs --tokenizer-model")
 
     @classmethod

@@ -3,8 +3,15 @@
     SentencePieceTokenizer     a sentencepiece .model; eod is its </s> (eos) id. This is
                                Megatron's GPTSentencePieceTokenizer behaviour (the name is
                                accepted too): no extra <CLS>/<SEP>/<MASK> ids are appended.
-    HuggingFaceTokenizer       a local tokenizer.json (file or directory) via `tokenizers`;
-                               eod is tokenizer_config.json's eos_token, else a well-known
+    Llama2Tokenizer            a sentencepiece .model as Megatron's Llama2Tokenizer: every
+                               tokenize() starts with the bos id, eod is the eos id.
+    GPT2BPETokenizer           --vocab-file vocab.json --merge-file merges.txt: GPT-2's
+                               byte-level BPE (the `tokenizers` library); eod is
+                               <|endoftext|>, and that string in text is ordinary text, as in
+                               Megatron's legacy GPT-2 tokenizer.
+    HuggingFaceTokenizer       a local directory with tokenizer.json (or that file), or with
+                               vocab.json + merges.txt (byte-level BPE); eod is
+                               tokenizer_config.json's eos_token, else a well-known
                                end-of-text token found in the vocabulary.
     NullTokenizer              text of space-separated ids, as Megatron's: --vocab-size V
                                gives vocab_size V + 1 and eod = V.
@@ -22,6 +29,8 @@ _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_i
 
 class SentencePieceTokenizer:
     """sentencepiece model; ids are the model's own, eod = its eos id."""
+
+    bos = None
 
     def __init__(self, model_file):
         import sentencepiece as spm
@@ -45,21 +54,64 @@ class SentencePieceTokenizer:
         return self._sp.decode([int(i) for i in ids])
 
 
-class HuggingFaceTokenizer:
-    """A local `tokenizer.json` through the `tokenizers` library (no hub access)."""
+class Llama2Tokenizer(SentencePieceTokenizer):
+    """Megatron's Llama2Tokenizer: [bos] + sentencepiece ids (no eos); eod = eos id."""
 
-    def __init__(self, path):
+    def __init__(self, model_file):
+        super().__init__(model_file)
+        self.bos = self._sp.bos_id()
+        if self.bos < 0:
+            raise UserValueError(f"{model_file} has no bos piece (trained with bos_id=-1): "
+                             "Llama2Tokenizer prepends it; use SentencePieceTokenizer")
+
+    def tokenize(self, text):
+        """str -> [bos] + ids, as Megatron's Llama2Tokenizer.tokenize(s, bos=True, eos=False)."""
+        return [self.bos] + self._sp.encode(text)
+
+
+def byte_level_bpe(vocab_file, merge_file, vocab_flag="--vocab-file", merge_flag="--merge-file"):
+    """GPT-2's byte-level BPE (a `tokenizers.Tokenizer`) from vocab.json + merges.txt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    for path, flag in ((vocab_file, vocab_flag), (merge_file, merge_flag)):
+        if not path or not os.path.isfile(path):
+            raise UserFileNotFoundError(f"{flag} {path}: no such file (GPT-2 BPE needs vocab.json "
+                                    "and merges.txt)")
+    tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class HuggingFaceTokenizer:
+    """A local tokenizer through the `tokenizers` library (no hub access)."""
+
+    bos = None
+
+    def __init__(self, path, tok=None):
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        if tok is None:
+            tok = self._load(path)
+        self._tok = tok
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.eod = self._find_eod(folder, path)
+
+    @staticmethod
+    def _load(path):
         from tokenizers import Tokenizer
 
-        folder = path if os.path.isdir(path) else os.path.dirname(path)
-        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise UserFileNotFoundError(f"--tokenizer-model {path}: no tokenizer.json there")
-        self._tok = Tokenizer.from_file(file)
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.eod = self._find_eod(folder, file)
+        if os.path.isfile(path):
+            return Tokenizer.from_file(path)
+        file = os.path.join(path, "tokenizer.json")
+        if os.path.isfile(file):
+            return Tokenizer.from_file(file)
+        vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+        if os.path.isfile(vocab) and os.path.isfile(merges):
+            return byte_level_bpe(vocab, merges, "--tokenizer-model", "--tokenizer-model")
+        raise UserFileNotFoundError(f"--tokenizer-model {path}: expected a tokenizer.json file, or a "
+                                "directory holding tokenizer.json or vocab.json + merges.txt")
 
-    def _find_eod(self, folder, file):
+    def _find_eod(self, folder, path):
         names = []
         config = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(config):
@@ -70,7 +122,7 @@ class HuggingFaceTokenizer:
             tid = self._tok.token_to_id(name)
             if tid is not None:
                 return tid
-        raise UserValueError(f"{file}: no end-of-document token found (tried {_EOS_CANDIDATES}); "
+        raise UserValueError(f"{path}: no end-of-document token found (tried {_EOS_CANDIDATES}); "
                          "set eos_token in tokenizer_config.json next to it")
 
     def tokenize(self, text):
@@ -82,12 +134,27 @@ class HuggingFaceTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+class GPT2BPETokenizer(HuggingFaceTokenizer):
+    """Megatron's GPT2BPETokenizer: vocab_size = entries of vocab.json, eod = <|endoftext|>."""
+
+    def __init__(self, vocab_file, merge_file):
+        tok = byte_level_bpe(vocab_file, merge_file)
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        self.eod = tok.token_to_id("<|endoftext|>")
+        if self.eod is None:
+            raise UserValueError(f"--vocab-file {vocab_file} has no <|endoftext|> entry (GPT-2's "
+                             "end-of-document token)")
+
+
 class NullTokenizer:
     """Megatron's NullTokenizer: '3 1 4' <-> [3, 1, 4]; vocab_size = V + 1, eod = V."""
 
+    bos = None
+
     def __init__(self, vocab_size):
         if vocab_size is None:
-            raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size")
+            raise UserValueError("--tokenizer-type NullTokenizer needs --vocab-size")
         self._vocab_size_without_eod = int(vocab_size)
         self.eod = self._vocab_size_without_eod
         self.vocab_size = self._vocab_size_without_eod + 1
@@ -101,17 +168,27 @@ class NullTokenizer:
         return " ".join(str(int(x)) for x in ids)
 
 
-def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None):
-    """Tokenizer by Megatron-LM type name (--tokenizer-type / --tokenizer-model / --vocab-size)."""
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                   "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+
+
+def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab_file=None,
+                    merge_file=None):
+    """Tokenizer by Megatron-LM type name (--tokenizer-type, --tokenizer-model, --vocab-size,
+    --vocab-file, --merge-file)."""
+    if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                          "HuggingFaceTokenizer") and not tokenizer_model:
+        raise UserValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model")
     if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer"):
-        if not tokenizer_model:
-            raise ValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model")
         return SentencePieceTokenizer(tokenizer_model)
+    if tokenizer_type == "Llama2Tokenizer":
+        return Llama2Tokenizer(tokenizer_model)
     if tokenizer_type == "HuggingFaceTokenizer":
-        if not tokenizer_model:
-            raise ValueError("--tokenizer-type HuggingFaceTokenizer needs --tokenizer-model")
         return HuggingFaceTokenizer(tokenizer_model)
+    if tokenizer_type == "GPT2BPETokenizer":
+        if not vocab_file or not merge_file:
+            raise UserValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
+        return GPT2BPETokenizer(vocab_file, merge_file)
     if tokenizer_type == "NullTokenizer":
         return NullTokenizer(vocab_size)
-    raise ValueError(f"--tokenizer-type {tokenizer_type}: choose SentencePieceTokenizer, "
-                     "HuggingFaceTokenizer or NullTokenizer")
+    raise UserValueError(f"--tokenizer-type {tokenizer_type}: choose one of {', '.join(TOKENIZER_TYPES)}")

@@ -15,10 +15,18 @@ from megaclap.errors import EXIT_CODE, UserError, report
 
 
 def resolve_vocab_size(cfg: MegaclapConfig) -> None:
-    """Take --vocab-size from the tokenizer when one is given and the flag is not."""
+    """Take --vocab-size from the tokenizer when one is given and the flag is not.
+
+    NullTokenizer --vocab-size V has V + 1 ids (its end-of-document id is V), so the model's
+    vocabulary is V + 1, as in Megatron."""
+    if cfg.data.tokenizer_type == "NullTokenizer" and cfg.model.vocab_size is not None:
+        cfg.model.vocab_size += 1
+        return
     if cfg.model.vocab_size is None and cfg.data.tokenizer_type and not cfg.data.mock_data:
         from megaclap.data.tokenizers import build_tokenizer
-        cfg.model.vocab_size = build_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model).vocab_size
+        d = cfg.data
+        cfg.model.vocab_size = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file,
+                                               d.merge_file).vocab_size
 
 
 def setup(argv: Optional[Sequence[str]] = None):

@@ -1,13 +1,18 @@
-"""Convert checkpoints between Hugging Face folders and megaclap's tp x pp Megatron layout.
+"""Convert checkpoints between Hugging Face folders, Megatron-LM and megaclap's tp x pp layout.
 
     python tools/checkpoint/convert.py --model-type llama --loader hf --saver megaclap \
         --load-dir hf/llama --save-dir ckpt/llama --target-tensor-parallel-size 2 \
         --target-pipeline-parallel-size 2
     python tools/checkpoint/convert.py --model-type llama --loader megaclap --saver hf \
         --load-dir ckpt/llama --save-dir hf/llama-out
+    python tools/checkpoint/convert.py --loader megatron --saver megaclap \
+        --load-dir megatron/ckpt --save-dir ckpt/from-megatron --true-vocab-size 50257 \
+        --target-tensor-parallel-size 1 --target-pipeline-parallel-size 2
 
 Local folders only (config.json + model.safetensors / pytorch_model.bin); nothing is
-downloaded. A megaclap save prints the model flags to train or finetune it with.
+downloaded. `--loader megatron` reads Megatron-LM's legacy torch checkpoints (mcore names,
+any tp x pp, weights only; see megaclap/checkpoint/megatron.py). A megaclap save prints the
+model flags to train or finetune it with.
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError, ModelConfig  # noqa: E402
 from megaclap.checkpoint.format import CheckpointError  # noqa: E402
 
+ALWAYS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size", "hidden_dropout",
+          "attention_dropout")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="HF <-> megaclap checkpoint conversion", allow_abbrev=False)
-    p.add_argument("--model-type", required=True, choices=("gpt2", "llama"))
-    p.add_argument("--loader", required=True, choices=("hf", "megaclap"))
+    p = argparse.ArgumentParser(description="HF / Megatron-LM <-> megaclap checkpoint conversion", allow_abbrev=False)
+    p.add_argument("--model-type", choices=("gpt2", "llama"),
+                   help="the Hugging Face architecture (needed with --loader hf or --saver hf)")
+    p.add_argument("--loader", required=True, choices=("hf", "megaclap", "megatron"))
     p.add_argument("--saver", required=True, choices=("megaclap", "hf"))
     p.add_argument("--load-dir", required=True)
     p.add_argument("--save-dir", required=True)
@@ -37,40 +46,84 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary padding multiple (per tp rank); default 128, or the checkpoint's")
     p.add_argument("--overwrite", action="store_true",
                    help="write even when --save-dir's tracker is at a later iteration (moves it back)")
+    p.add_argument("--true-vocab-size", type=int, default=None,
+                   help="--loader megatron: the tokenizer's vocabulary, to drop Megatron's padding rows "
+                        "(default: keep the padded vocabulary)")
     return p
 
 
 def model_flags(cfg: ModelConfig) -> str:
-    """The megaclap training flags that describe cfg (non-default fields)."""
-    out, always = [], ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size")
+    """The megaclap training flags that describe cfg (non-default fields, dropout always)."""
+    out = []
     for f in dataclasses.fields(ModelConfig):
         value = getattr(cfg, f.name)
-        if value is None or (value == f.default and f.name not in always):
+        if value is None or (value == f.default and f.name not in ALWAYS) or value is False:
             continue
         flag = "--" + f.name.replace("_", "-")
         out.append(flag if value is True else f"{flag} {value}")
     return " ".join(out)
 
 
+def special_tokens_of(args: dict) -> dict:
+    """{bos_token_id, eos_token_id} known for a megaclap checkpoint: recorded at HF import,
+    else from the tokenizer its training run named (when that file is here)."""
+    known = dict(args.get("special_tokens") or {})
+    data = args.get("data") or {}
+    if not known and data.get("tokenizer_type"):
+        from megaclap.data.tokenizers import build_tokenizer
+        try:
+            tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"),
+                                  (args.get("model") or {}).get("vocab_size"), data.get("vocab_file"),
+                                  data.get("merge_file"))
+        except (OSError, ValueError):
+            return {}
+        known = {"bos_token_id": getattr(tok, "bos", None), "eos_token_id": tok.eod}
+    return {k: v for k, v in known.items() if v is not None}
+
+
+def _load(args: argparse.Namespace):
+    """(full state dict, ModelConfig, base args for the saver, iteration, special token ids)."""
+    from megaclap.checkpoint import hf, io, megatron
+    if args.loader == "hf":
+        full, cfg = hf.read_hf(args.load_dir, args.model_type, args.make_vocab_size_divisible_by or 128)
+        special = hf.special_tokens(args.load_dir)
+        return full, cfg, ({"special_tokens": special} if special else None), 0, special
+    if args.loader == "megatron":
+        full, cfg, iteration = megatron.read_megatron(args.load_dir, args.true_vocab_size)
+        base, special = None, {}
+    else:
+        loaded = io.load_checkpoint(args.load_dir)
+        full, cfg, base, iteration = loaded.full, loaded.cfg, loaded.args, loaded.iteration
+        special = special_tokens_of(base)
+    if args.make_vocab_size_divisible_by:
+        cfg.make_vocab_size_divisible_by = args.make_vocab_size_divisible_by
+    return full, cfg, base, iteration, special
+
+
 def convert(args: argparse.Namespace) -> str:
     """Load, then save; returns a one-line summary. Raises ConversionError / CheckpointError."""
     from megaclap.checkpoint import hf, io
-    if args.loader == "hf":
-        full, cfg = hf.read_hf(args.load_dir, args.model_type, args.make_vocab_size_divisible_by or 128)
-        base_args, iteration = None, 0
-    else:
-        loaded = io.load_checkpoint(args.load_dir)
-        full, cfg, base_args, iteration = loaded.full, loaded.cfg, loaded.args, loaded.iteration
-        hf.check_flavour(args.model_type, cfg)
-        if args.make_vocab_size_divisible_by:
-            cfg.make_vocab_size_divisible_by = args.make_vocab_size_divisible_by
+    if (args.loader == "hf" or args.saver == "hf") and not args.model_type:
+        raise ConversionError("--loader hf and --saver hf need --model-type gpt2 or llama")
+    if args.true_vocab_size is not None and args.loader != "megatron":
+        raise ConversionError("--true-vocab-size applies to --loader megatron only")
+    try:
+        full, cfg, base_args, iteration, special = _load(args)
+    except (ConversionError, CheckpointError) as e:
+        if "--load-dir" in str(e):
+            raise
+        raise type(e)(f"--load-dir {args.load_dir}: {e}") from None
     if args.saver == "hf":
-        hf.write_hf(args.save_dir, args.model_type, full, cfg)
+        hf.write_hf(args.save_dir, args.model_type, full, cfg, special)
         return f"wrote Hugging Face {args.model_type} model to {args.save_dir}"
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
     where = io.save_checkpoint(args.save_dir, full, cfg, tp, pp, iteration, base_args,
                                overwrite=getattr(args, "overwrite", False))
-    return (f"wrote tp={tp} pp={pp} megaclap checkpoint to {where}\n"
+    note = ""
+    if args.loader == "megatron" and args.true_vocab_size is None:
+        note = (f"note: kept Megatron's padded vocabulary ({cfg.vocab_size} rows); pass --true-vocab-size "
+                "to drop the padding rows\n")
+    return (f"{note}wrote tp={tp} pp={pp} megaclap checkpoint to {where}\n"
             f"load it with --load {args.save_dir} --finetune (or --no-load-optim), "
             f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp} and\n  {model_flags(cfg)}")
 
