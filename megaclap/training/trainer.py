@@ -102,6 +102,8 @@ class Trainer:
             torch._foreach_mul_([p.grad for p in self.stage.parameters()], 1.0 / self.scaler.scale)
             skipped = found_inf_or_nan(self.stage, self.ps)
             self.scaler.update(skipped)
+        if self.p2p is not None:  # Channel updates belong to the step (both ends agree on `skipped`)
+            self.p2p.rollback() if skipped else self.p2p.commit()
         grad_norm = float("nan") if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
         if not skipped:
             self.optimizer.step()
