@@ -171,6 +171,7 @@ class Trainer:
 
     def _log(self, log: "_IntervalLog") -> None:
         comp = self.gather_telemetry()
+        store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -182,6 +183,10 @@ class Trainer:
         loss = log.loss / max(1, log.steps)
         extra = telemetry.log_fields(comp) if comp is not None else ""
         extra += f" distinct samples: {self.data.train.distinct_samples_seen} |"
+        if store_rows is not None:
+            extra += f" aqsgd store rows per dp rank: {'/'.join(map(str, store_rows))} |"
+            self.tb.scalars({f"aqsgd-store-rows/dp{r}": n for r, n in enumerate(store_rows)}, self.iteration,
+                            samples, vs_samples=False)
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
