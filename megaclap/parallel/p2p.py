@@ -62,7 +62,8 @@ class P2P:
             return None
         key = (boundary, direction)
         if key not in self.stores:
-            path = store_path(self.store_dir, boundary, direction, self.pstate.pp_rank, self.pstate.dp_rank, self.pstate.tp_rank)
+            path = store_path(self.store_dir, boundary, direction, self.pstate.pp_rank, self.pstate.dp_rank,
+                              self.pstate.tp_rank)
             self.stores[key] = AqsgdStore(self.shape[1:], self.dtype, self.pstate.device, path=path)
         return self.stores[key]
 

@@ -60,7 +60,8 @@ class Trainer:
             global_batch_size=t.global_batch_size, dp_rank=pstate.dp_rank, dp_size=pstate.dp_size,
             train_iters=t.train_iters, eval_iters=t.eval_iters, eval_interval=t.eval_interval,
             seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage,
-            shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method, cfg.compression.effective_bwd_method))
+            shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method,
+                                                                 cfg.compression.effective_bwd_method))
         self.iteration, self.skipped, self.nans = 0, 0, 0
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
