@@ -71,8 +71,8 @@ def test_disk_store_across_the_two_ranks_of_a_boundary(tmp_path):
     (they diverged at step 3 when the receiver's new file truncated the sender's rows)."""
     argv = tiny_args(layers=2, gbs=4, extra=["--pipeline-model-parallel-size", "2", "--pp-compression-method",
                                              "aqsgd", "--pp-fwd-codec", "quant:4", "--lazy-sampling-prob", "0.5"])
-    mem = run_ranks(_losses, 2, argv, 6)
-    disk = run_ranks(_losses, 2, argv + ["--aqsgd-store-dir", str(tmp_path)], 6)
+    mem = run_ranks(_losses, 2, argv, 4)
+    disk = run_ranks(_losses, 2, argv + ["--aqsgd-store-dir", str(tmp_path)], 4)
     assert [r["losses"] for r in mem if r["last"]] == [r["losses"] for r in disk if r["last"]]
     names = sorted(os.listdir(tmp_path))
     assert names == ["aqsgd_b0_fwd_recv_pp1_dp0_tp0", "aqsgd_b0_fwd_send_pp0_dp0_tp0"]
