@@ -77,6 +77,33 @@ def _check_precision(cfg: MegaclapConfig) -> None:
     _check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
 
 
+def _check_positive_sizes(cfg: MegaclapConfig) -> None:
+    """Sizes that must be >= 1 (or > 0) before anything divides by them or builds from them."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    for flag, value in (("--micro-batch-size", t.micro_batch_size), ("--num-layers", m.num_layers),
+                        ("--make-vocab-size-divisible-by", m.make_vocab_size_divisible_by),
+                        ("--seq-length", m.seq_length)):
+        _check(value is not None and value >= 1, f"{flag} {value} must be a positive integer")
+    timeout = p.distributed_timeout_minutes
+    _check(timeout is not None and timeout > 0,
+           f"--distributed-timeout-minutes {timeout} must be positive (minutes a collective may wait)")
+
+
+def _warn_clapping_without_lazy_sampling(cfg: MegaclapConfig) -> None:
+    """Clapping relies on repeated batches: without lazy sampling every step is fresh, so FU
+    sends everything raw and FC resets its reference every step (it acts as `direct`)."""
+    d, c = cfg.data, cfg.compression
+    methods = {c.method, c.effective_bwd_method} & {"clapping-fu", "clapping-fc"}
+    if c.clapping_fc_init == "previous":  # FC keeping its reference is ef21 on every step: fine
+        methods.discard("clapping-fc")
+    lazy = (d.lazy_sampling_prob is not None and d.lazy_sampling_prob < 1) or \
+        (d.lazy_sampling_period is not None and d.lazy_sampling_period > 1)
+    if methods and not lazy and cfg.parallel.pipeline_model_parallel_size > 1:
+        effect = "sends every step uncompressed" if "clapping-fu" in methods else "behaves as direct"
+        warnings.warn(f"{'/'.join(sorted(methods))} without lazy sampling {effect}: set "
+                      "--lazy-sampling-prob (< 1) or --lazy-sampling-period (> 1)")
+
+
 def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
     """Validate in place (filling derived defaults); raise ConfigError with the flag to change."""
     p = cfg.parallel
@@ -86,6 +113,7 @@ def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
            f"--pipeline-model-parallel-size {pp}; change --nproc_per_node/--nnodes or the parallel sizes")
     dp = world_size // (tp * pp)
+    _check_positive_sizes(cfg)
     _check_choices(cfg)
     _check_model(cfg, tp)
     _check_layers(cfg, pp)
@@ -97,6 +125,7 @@ def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
         cfg.compression.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _warn_clapping_without_lazy_sampling(cfg)
     if pp == 1 and cfg.compression.method != "none":
         warnings.warn(f"--pp-compression-method {cfg.compression.method} with "
                       "--pipeline-model-parallel-size 1: there is no stage boundary, nothing to compress")

@@ -77,3 +77,27 @@ def test_compression_without_pipeline_warns():
 def test_bad_codec_fails_at_parse():
     with pytest.raises(ConfigError, match="--pp-fwd-codec"):
         parse_args(BASE + ["--pp-compression-method", "direct", "--pp-fwd-codec", "topk:1.5"])
+
+
+@pytest.mark.parametrize("flag", ["--micro-batch-size", "--num-layers", "--make-vocab-size-divisible-by",
+                                  "--seq-length", "--distributed-timeout-minutes"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_sizes_must_be_positive(flag, value):
+    """Each used to crash later with a raw ZeroDivisionError/IndexError, or (seq 0) train on NaN."""
+    with pytest.raises(ConfigError, match=f"^{flag} {value}(.0)? must be") as err:
+        parse_args(BASE + [flag, value]).validate(1)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["clapping-fu", "clapping-fc"])
+def test_clapping_without_lazy_sampling_warns(method):
+    argv = BASE + ["--pipeline-model-parallel-size", "2", "--pp-compression-method", method]
+    with pytest.warns(UserWarning, match="--lazy-sampling-prob .* --lazy-sampling-period"):
+        parse_args(argv).validate(2)
+
+
+@pytest.mark.parametrize("extra", [["--lazy-sampling-prob", "0.5"], ["--lazy-sampling-period", "4"]])
+def test_clapping_with_lazy_sampling_does_not_warn(extra, recwarn):
+    argv = BASE + ["--pipeline-model-parallel-size", "2", "--pp-compression-method", "clapping-fu"]
+    parse_args(argv + extra).validate(2)
+    assert not [w for w in recwarn if "lazy" in str(w.message)]

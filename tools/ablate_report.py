@@ -5,7 +5,8 @@ Per cell (result.json): final train loss (mean of the last log interval), last v
 loss, tokens seen (steps x global batch x sequence), distinct training samples seen, payload
 bytes per pipeline boundary, compression ratio (payload / raw, both directions), mean
 tokens/s (first log interval left out), peak reference memory (m, e or AQ-SGD's store,
-summed over boundaries and directions) and the curves the plots need.
+summed over boundaries and directions), AQ-SGD's store rows on each data-parallel rank and the
+curves the plots need.
 
 Distinct samples are not in the training log; they are computed from the launch flags. The
 lazy-sampling schedule is a pure function of (--seed, p), so the number of fresh steps is
@@ -26,12 +27,13 @@ from tools.ablate_data import load_example
 
 PAYLOAD_RE = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/"
                         r"(raw_bytes|payload_bytes|ref_memory_bytes|rel_err)")
+STORE_RE = re.compile(r"aqsgd-store-rows/dp(\d+)")
 TEST_RE = re.compile(r"test loss at iteration \d+ \| lm loss value: ([-+0-9.eE]+)")
 CSV_FIELDS = ("name", "model", "regime", "method", "bwd_method", "fwd_codec", "bwd_codec", "p",
               "iterations", "train_loss", "val_loss", "test_loss", "tokens_seen", "fresh_steps",
               "samples_drawn", "train_samples", "distinct_samples", "epochs", "bytes_sent",
               "bytes_sent_per_boundary", "raw_bytes", "ratio", "fwd_ratio", "bwd_ratio",
-              "fwd_rel_err", "bwd_rel_err", "tokens_per_s", "ref_memory_bytes", "wall_s", "stopped_early")
+              "fwd_rel_err", "bwd_rel_err", "tokens_per_s", "ref_memory_bytes", "store_rows_per_dp_rank", "wall_s", "stopped_early")
 
 
 # --- reading one cell ----------------------------------------------------------------------
@@ -125,6 +127,13 @@ def compression_totals(scalars: dict) -> dict:
             "ref_memory_bytes": sum(refs.values()), "bytes_curve": [steps, cumulative]}
 
 
+def store_rows(scalars: dict) -> list:
+    """AQ-SGD store rows on each data-parallel rank at the end of the run ([] without aqsgd)."""
+    last = {int(m.group(1)): points[-1][1] for tag, points in scalars.items()
+            if (m := STORE_RE.fullmatch(tag)) and points}
+    return [int(last[r]) for r in sorted(last)]
+
+
 def summarize_cell(cell_dir: str, cell: dict, argv: list, wall_s: float) -> dict:
     """A finished cell's result dict (what result.json holds)."""
     scalars = read_scalars(os.path.join(cell_dir, "tb"))
@@ -143,6 +152,7 @@ def summarize_cell(cell_dir: str, cell: dict, argv: list, wall_s: float) -> dict
             "test_loss": float(test[-1]) if test else math.nan,
             "tokens_seen": iterations * gbs * seq,
             **sample_counts(argv, iterations), **compression_totals(scalars),
+            "store_rows_per_dp_rank": store_rows(scalars),
             "tokens_per_s": statistics.mean(speeds[1:] or speeds) if speeds else math.nan,
             "wall_s": wall_s, "stopped_early": " stopping at iteration" in text,
             "train_curve": [[s for s, _ in train], [v for _, v in train]],
@@ -162,6 +172,12 @@ def _count(n) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
 
 
+def _rows(r: dict) -> str:
+    """' (rows 120/118)': AQ-SGD store rows per data-parallel rank, when the cell has a store."""
+    rows = r.get("store_rows_per_dp_rank")
+    return f" (rows {'/'.join(map(str, rows))})" if rows else ""
+
+
 def baseline_val(results: list, r: dict):
     """Validation loss of the uncompressed, ordinary-sampling cell of r's model and regime."""
     for b in results:
@@ -175,7 +191,7 @@ def markdown_table(results: list) -> list:
     """The table's lines (one row per finished cell, grid order)."""
     head = ("| model | regime | method | fwd codec | bwd codec | p | steps | train loss | val loss "
             "| val - base | tokens seen | distinct samples (epochs) | MB sent / boundary | ratio "
-            "(fwd / bwd) | tokens/s | ref mem MB |")
+            "(fwd / bwd) | tokens/s | ref mem MB (AQ-SGD rows per dp rank) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         base = baseline_val(results, r)
@@ -193,7 +209,7 @@ def markdown_table(results: list) -> list:
             f"| {_count(r['distinct_samples'])}{epochs} "
             f"| {' / '.join(_mb(b) for b in r['bytes_sent_per_boundary'])} "
             f"| {r['ratio']:.3f} ({r['fwd_ratio']:.3f} / {r['bwd_ratio']:.3f}) | {r['tokens_per_s']:.0f} "
-            f"| {_mb(r['ref_memory_bytes'])} |")
+            f"| {_mb(r['ref_memory_bytes'])}{_rows(r)} |")
     return lines
 
 
@@ -204,7 +220,8 @@ def write_csv(results: list, path: str) -> None:
         w.writeheader()
         for r in results:
             per_boundary = " ".join(f"{b:.0f}" for b in r["bytes_sent_per_boundary"])
-            w.writerow({**r, "bytes_sent_per_boundary": per_boundary})
+            rows = " ".join(str(n) for n in r.get("store_rows_per_dp_rank") or [])
+            w.writerow({**r, "bytes_sent_per_boundary": per_boundary, "store_rows_per_dp_rank": rows})
 
 
 def _label(r: dict) -> str:

@@ -147,6 +147,7 @@ class Channel:
         self.e = None  # error-feedback residual, [*shape] (ef, sender only)
         self.stats = ChannelStats()
         self._buffer = None
+        self._saved = None  # (m, e) as of the last commit(), while this step changed them
 
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
@@ -213,6 +214,7 @@ class Channel:
     # ---------------------------------------------------------------- the shared state machine
     def _begin(self, fresh: bool) -> None:
         """State change at the start of a step, before anything is encoded (both ends)."""
+        self._remember()
         if self.method == "clapping-fc" and fresh and self.fc_init == "zero":
             self.m = None  # read as zeros
 
@@ -291,6 +293,25 @@ class Channel:
         self.store.write(self.store.insert(ids), out)
         return out.movedim(0, self.batch_dim)
 
+    # ---------------------------------------------------------------- step commit / rollback
+    def _remember(self) -> None:
+        """Keep the committed (m, e) before this step's first change. m and e are always
+        replaced, never updated in place, so keeping the old tensors is the whole snapshot."""
+        if self._saved is None:
+            self._saved = (self.m, self.e)
+
+    def commit(self) -> None:
+        """The step's changes stand (the optimizer stepped). The AQ-SGD store commits separately."""
+        self._saved = None
+
+    def rollback(self) -> None:
+        """Undo every change to m and e since the last commit() (the optimizer skipped the step,
+        e.g. on an fp16 overflow). Both ends call it on the same steps, so they stay identical."""
+        if self._saved is not None:
+            self.m, self.e = self._saved
+            self._saved = None
+            self.stats.ref_memory_bytes = self.ref_memory_bytes
+
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
         """References and residuals (the AQ-SGD store is saved through its own state_dict)."""
@@ -302,6 +323,7 @@ class Channel:
                              f"this run uses {self.method!r} (--pp-compression-method)")
         self.m = None if sd["m"] is None else sd["m"].to(self.device, self.dtype).clone()
         self.e = None if sd["e"] is None else sd["e"].to(self.device, self.dtype).clone()
+        self._saved = None
 
     def _name(self) -> str:
         return f"{self.method}[b{self.boundary}/{self.direction}/slot{self.slot}]"

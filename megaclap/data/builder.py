@@ -12,6 +12,7 @@ keeps valid/test ids (and so their tokens) disjoint from train's.
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from megaclap.errors import UserFileNotFoundError, UserValueError
@@ -19,12 +20,14 @@ from megaclap.errors import UserFileNotFoundError, UserValueError
 from .blended import BlendedDataset, ShardStream
 from .config import parse_data_path
 from .gpt_dataset import MockGPTDataset, build_split_dataset, parse_split
-from .indexed_dataset import IndexedDataset
-from .samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule, OnlineSampler,
-                       RangeSource)
+from .cache import IndexCache
+from .indexed_dataset import IndexedDataset, bin_path
+from .samplers import (DpShardedEpochSampler, FewEpochSampler, GlobalBatchSampler, LazySchedule,
+                       OnlineSampler, RangeSource)
 
 MOCK_TRAIN_SAMPLES = 2**20
 MOCK_EVAL_SAMPLES = 2**16
+_CHUNK = 1 << 24  # tokens per slice when scanning a split for its token id range
 
 
 @dataclass
@@ -136,31 +139,75 @@ def _blend(datasets, weights, cache_dir, wrap):
     return BlendedDataset(ds, w, size, cache_dir=cache_dir, wrap=wrap)
 
 
-def _split_dataset(cfg, prefixes, weights, split_index, seq_length, seed, online=False):
-    datasets = [build_split_dataset(p, cfg.split, split_index, seq_length, seed,
-                                    shuffle=not online, cache_dir=cfg.data_cache_path)
+def token_id_range(dataset, cache_dir=None):
+    """(min, max) token id of a GPTDataset's split, computed once and cached with its index
+    (keyed like the index: prefix, file fingerprints, documents). (0, -1) for no tokens."""
+    key = {k: dataset.cache_key[k] for k in ("prefix", "idx", "bin", "doc_range")}
+
+    def build():
+        ix, (lo, hi) = dataset.indexed, dataset.doc_range
+        s0, s1 = int(ix.document_indices[lo]), int(ix.document_indices[hi])
+        lo_id, hi_id = 0, -1
+        if s1 > s0:
+            begin = int(ix.sequence_pointers[s0]) // ix.dtype.itemsize
+            end = int(ix.sequence_pointers[s1 - 1]) // ix.dtype.itemsize + int(ix.sequence_lengths[s1 - 1])
+            tokens = np.memmap(bin_path(dataset.prefix), dtype=ix.dtype, mode="r")
+            lo_id, hi_id = int(tokens[begin]), int(tokens[begin])
+            for i in range(begin, end, _CHUNK):  # one pass, a bounded slice at a time
+                chunk = tokens[i:min(i + _CHUNK, end)]
+                lo_id, hi_id = min(lo_id, int(chunk.min())), max(hi_id, int(chunk.max()))
+        return {"token_id_range": np.array([lo_id, hi_id], np.int64)}
+
+    arr = IndexCache(cache_dir).load_or_build("TokenIdRange", key, ("token_id_range",), build)
+    return tuple(int(v) for v in arr["token_id_range"])
+
+
+def check_vocab(dataset, vocab_size, cache_dir=None):
+    """Refuse (one line) a split whose token ids fall outside [0, vocab_size): an id >= the
+    vocabulary is an IndexError at pp > 1 and silent garbage at tp > 1. Every rank that builds
+    the dataset runs this at build time, before any collective of the training loop."""
+    if dataset is None or vocab_size is None:
+        return dataset
+    lo, hi = token_id_range(dataset, cache_dir)
+    if hi >= vocab_size or lo < 0:
+        bad = hi if hi >= vocab_size else lo
+        raise UserValueError(
+            f"--data-path {dataset.prefix}: token id {bad} is outside the model's vocabulary [0, {vocab_size}) "
+            "(--vocab-size / the tokenizer's size); train with the tokenizer the data was preprocessed with "
+            "(NullTokenizer's end-of-document id is its --vocab-size, so its vocabulary is --vocab-size + 1)")
+    return dataset
+
+
+def _split_dataset(cfg, prefixes, weights, split_index, seq_length, seed, online=False, vocab_size=None):
+    datasets = [check_vocab(build_split_dataset(p, cfg.split, split_index, seq_length, seed,
+                                                shuffle=not online, cache_dir=cfg.data_cache_path),
+                            vocab_size, cfg.data_cache_path)
                 for p in prefixes]
     return _blend(datasets, weights, cfg.data_cache_path, wrap=not online)
 
 
-def _train_base_sampler(cfg, dataset, source, batch, seed, schedule, train_iters):
-    """Few-epoch or online base sampler for the train split."""
+def _train_base_sampler(cfg, dataset, source, batch, seed, schedule, train_iters, dp_shards=1):
+    """Few-epoch or online base sampler for the train split (dp_shards > 1: each sample bound
+    to one data-parallel rank, see DpShardedEpochSampler)."""
     if cfg.online:
         return OnlineSampler(source, batch, seed, cfg.shuffle_window)
     n = len(dataset)
     epochs = cfg.num_epochs
     if train_iters is not None:
         needed = schedule.count_fresh(train_iters) * batch
+        n = n // dp_shards * dp_shards  # a sharded sampler never draws the remainder
         if epochs is None:
             epochs = max(1, math.ceil(needed / n))
         elif epochs * n < needed:
-            raise ValueError(f"--num-epochs {epochs} gives {epochs} x {n} samples but "
+            raise UserValueError(f"--num-epochs {epochs} gives {epochs} x {n} samples but "
                              f"--train-iters {train_iters} needs {needed}; raise --num-epochs "
                              "or lower --train-iters")
+    if dp_shards > 1:
+        return DpShardedEpochSampler(len(dataset), batch, seed, epochs, shards=dp_shards)
     return FewEpochSampler(n, batch, seed, epochs)
 
 
-def _real_datasets(cfg, seq_length, seed, want_eval):
+def _real_datasets(cfg, seq_length, seed, want_eval, vocab_size=None):
     """(train dataset, online id source, valid dataset, test dataset) from --data-path."""
     prefixes, weights = parse_data_path(cfg.data_path)
     for p in prefixes:
@@ -169,24 +216,29 @@ def _real_datasets(cfg, seq_length, seed, want_eval):
                                     "prefix written by tools/preprocess_data.py)")
     train, source = None, None
     if cfg.online and weights is None:   # shards in order, each opened when reached
-        source = ShardStream(len(prefixes), lambda i: build_split_dataset(
+        source = ShardStream(len(prefixes), lambda i: check_vocab(build_split_dataset(
             prefixes[i], cfg.split, 0, seq_length, seed, shuffle=False,
-            cache_dir=cfg.data_cache_path))
+            cache_dir=cfg.data_cache_path), vocab_size, cfg.data_cache_path))
         train = source
     else:
-        train = _split_dataset(cfg, prefixes, weights, 0, seq_length, seed, online=cfg.online)
+        train = _split_dataset(cfg, prefixes, weights, 0, seq_length, seed, online=cfg.online,
+                               vocab_size=vocab_size)
         if train is None:
             raise UserValueError(f"--split {cfg.split} leaves no training documents")
         source = RangeSource(len(train))
-    valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed) if want_eval else None
-    test = _split_dataset(cfg, prefixes, weights, 2, seq_length, seed) if want_eval else None
+    valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed, vocab_size=vocab_size) if want_eval else None
+    test = _split_dataset(cfg, prefixes, weights, 2, seq_length, seed, vocab_size=vocab_size) if want_eval else None
     return train, source, valid, test
 
 
 def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_size,
                        dp_rank=0, dp_size=1, train_iters=None, eval_iters=0,
-                       eval_interval=None, seed=1234, vocab_size=None, load_tokens=True):
+                       eval_interval=None, seed=1234, vocab_size=None, load_tokens=True,
+                       shard_by_dp_rank=False):
     """Train/valid/test BatchSources for one data-parallel rank (see docs/INTERFACES.md).
+
+    shard_by_dp_rank=True (AQ-SGD at dp > 1): a few-epoch train split binds each sample to one
+    data-parallel rank across epochs, so per-sample state stays on the rank that uses it.
 
     load_tokens=False (middle pipeline stages) yields ids and `fresh` only; eval_iters=0
     skips valid/test. eval_interval is accepted for Megatron parity; evaluation sources
@@ -207,9 +259,10 @@ def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_s
         valid, test = [MockGPTDataset(MOCK_EVAL_SAMPLES, seq_length, vocab_size, seed, off)
                        if want_eval and w > 0 else None for off, w in zip(offsets[1:], weights[1:])]
     else:
-        train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval)
+        train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval, vocab_size)
+    shards = dp_size if shard_by_dp_rank and not data_cfg.online else 1
     base = _train_base_sampler(data_cfg, train, source, global_batch_size, seed, schedule,
-                               train_iters)
+                               train_iters, shards)
     sources = [BatchSource(GlobalBatchSampler(base, schedule), train, dp_rank, dp_size,
                            load_tokens)]
     for ds, off in zip((valid, test), offsets[1:]):

@@ -9,6 +9,8 @@ an uninterrupted run would have produced.
 
     FewEpochSampler   ids of E epochs, each a fresh seeded permutation of [0, N);
                       global batch j = positions [j*B, (j+1)*B) of that stream
+    DpShardedEpochSampler  the same with each sample bound to one data-parallel rank
+                      (AQ-SGD: a sample's reference lives where the sample is processed)
     OnlineSampler     one pass over a growing id stream [0, ...), shuffled inside a
                       bounded window; no id is ever produced twice
     GlobalBatchSampler  lazy sampling on top of either: at step t a fresh batch with
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 _BLOCK = 4096
-_TAG_EPOCH, _TAG_WINDOW, _TAG_LAZY = 0xE90C, 0x3B0F, 0x1A2F
+_TAG_EPOCH, _TAG_WINDOW, _TAG_LAZY, _TAG_SHARD = 0xE90C, 0x3B0F, 0x1A2F, 0x54A2
 
 
 class DataExhausted(RuntimeError):
@@ -136,6 +138,70 @@ class FewEpochSampler:
 
     def load_state_dict(self, sd):
         self.consumed = int(sd["consumed"])
+
+
+class DpShardedEpochSampler(FewEpochSampler):
+    """Few epochs with each sample bound to one data-parallel rank (AQ-SGD's keying).
+
+    A seeded permutation of [0, N) is cut once into `shards` (= dp size) slices of N // shards
+    samples (the remainder, < shards samples, is never drawn); every epoch permutes each slice
+    anew. Global batch j is, for every rank r in order, positions [j*b, (j+1)*b) of shard r's
+    stream (b = B / shards), so a rank's slice of each batch always comes from its own shard: a
+    sample's AQ-SGD reference lives on the one rank that processes it, and each rank's store
+    holds N / dp rows at most instead of growing toward N.
+    """
+
+    def __init__(self, num_samples, global_batch_size, seed, num_epochs=None, shards=1):
+        super().__init__(num_samples, global_batch_size, seed, num_epochs)
+        if global_batch_size % shards or num_samples < shards:
+            raise ValueError(f"{num_samples} samples and global batch {global_batch_size} cannot be "
+                             f"sharded over {shards} data-parallel ranks")
+        self.shards, self.shard_size = shards, num_samples // shards
+        self._owner = None  # [shards * shard_size] ids, shard r = rows [r*size, (r+1)*size)
+
+    def _shard_perm(self, epoch, r):
+        if self._owner is None:
+            rng = np.random.default_rng([self.seed, _TAG_SHARD])
+            self._owner = rng.permutation(self.num_samples)[: self.shards * self.shard_size]
+        key = (epoch, r)
+        if key not in self._perms:
+            if len(self._perms) >= 2 * self.shards:
+                self._perms.pop(next(iter(self._perms)))
+            size = self.shard_size
+            ids = self._owner[r * size:(r + 1) * size].copy()
+            np.random.default_rng([self.seed, _TAG_EPOCH, epoch, r]).shuffle(ids)
+            self._perms[key] = ids
+        return self._perms[key]
+
+    def next_global(self, batch=None):
+        """Ids of the next global batch, int64 [batch or B]: rank r's slice from shard r."""
+        batch = batch or self.batch
+        if batch % self.shards:
+            raise ValueError(f"global batch {batch} cannot be sharded over {self.shards} data-parallel ranks")
+        n, b = self.shard_size, batch // self.shards
+        start = self.consumed // self.shards
+        if self.num_epochs is not None and start + b > self.num_epochs * n:
+            raise DataExhausted(
+                f"few-epoch sampler exhausted after {self.consumed} samples ({self.num_epochs} epochs of "
+                f"{n} samples on each of {self.shards} data-parallel ranks); raise --num-epochs or lower "
+                "--train-iters")
+        parts = []
+        for r in range(self.shards):
+            pos = start
+            while pos < start + b:
+                epoch, off = divmod(pos, n)
+                take = min(start + b - pos, n - off)
+                parts.append(self._shard_perm(epoch, r)[off:off + take])
+                pos += take
+        self.consumed += batch
+        return np.concatenate(parts).astype(np.int64)
+
+    @property
+    def distinct_samples_seen(self):
+        return min(self.consumed // self.shards, self.shard_size) * self.shards
+
+    def state_dict(self):
+        return {**super().state_dict(), "shards": self.shards}
 
 
 class RangeSource:

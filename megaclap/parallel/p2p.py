@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
+from megaclap.compression.store import store_path
 
 
 def evaluation_compression(c):
@@ -61,9 +62,8 @@ class P2P:
             return None
         key = (boundary, direction)
         if key not in self.stores:
-            path = None
-            if self.store_dir:
-                path = f"{self.store_dir}/aqsgd_b{boundary}_{direction}_dp{self.pstate.dp_rank}_tp{self.pstate.tp_rank}"
+            path = store_path(self.store_dir, boundary, direction, self.pstate.pp_rank, self.pstate.dp_rank,
+                              self.pstate.tp_rank)
             self.stores[key] = AqsgdStore(self.shape[1:], self.dtype, self.pstate.device, path=path)
         return self.stores[key]
 
@@ -116,6 +116,17 @@ class P2P:
 
     def send_backward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
         self._send(g, self.pstate.prev_rank, self.pstate.pp_rank - 1, "bwd", slot, info, ids)
+
+    # --- the step's commit (after the optimizer's skip decision, identical on all ranks) ---
+    def commit(self) -> None:
+        """Keep this step's reference/residual/store changes (the optimizer stepped)."""
+        for obj in (*self.channels.values(), *self.stores.values()):
+            obj.commit()
+
+    def rollback(self) -> None:
+        """Undo this step's reference/residual/store changes (the optimizer skipped the step)."""
+        for obj in (*self.channels.values(), *self.stores.values()):
+            obj.rollback()
 
     # --- checkpoint state ------------------------------------------------------------------
     def state_dict(self) -> dict:

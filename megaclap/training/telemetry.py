@@ -59,3 +59,15 @@ def tb_scalars(arr: torch.Tensor) -> dict:
             out[f"{key}/rel_err"] = float(r[ERR] / max(r[SENDS], 1))
             out[f"{key}/ref_memory_bytes"] = float(r[REF])
     return out
+
+
+def store_rows_by_dp_rank(p2p, pstate):
+    """Rows of this stage's AQ-SGD stores (the largest one) on every data-parallel rank, as a
+    list [dp] (a dp-group collective: call it on every rank, or on none). None without aqsgd."""
+    if p2p is None or not p2p.stores:
+        return None
+    rows = torch.zeros(pstate.dp_size, dtype=torch.float64, device=pstate.device)
+    rows[pstate.dp_rank] = max(st.num_samples for st in p2p.stores.values())
+    if pstate.dp.group is not None:
+        dist.all_reduce(rows, group=pstate.dp.group)
+    return [int(v) for v in rows.tolist()]

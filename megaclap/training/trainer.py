@@ -63,7 +63,9 @@ class Trainer:
             cfg.data, seq_length=m.seq_length, micro_batch_size=t.micro_batch_size,
             global_batch_size=t.global_batch_size, dp_rank=pstate.dp_rank, dp_size=pstate.dp_size,
             train_iters=t.train_iters, eval_iters=t.eval_iters, eval_interval=t.eval_interval,
-            seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage)
+            seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage,
+            shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method,
+                                                                 cfg.compression.effective_bwd_method))
         self.iteration, self.skipped, self.nans = 0, 0, 0
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
@@ -107,6 +109,8 @@ class Trainer:
             torch._foreach_mul_([p.grad for p in self.stage.parameters()], 1.0 / self.scaler.scale)
             skipped = found_inf_or_nan(self.stage, self.ps)
             self.scaler.update(skipped)
+        if self.p2p is not None:  # Channel updates belong to the step (both ends agree on `skipped`)
+            self.p2p.rollback() if skipped else self.p2p.commit()
         grad_norm = float("nan") if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
         gbs = self.last_gbs = len(batch.sample_ids) * self.ps.dp_size
         if not skipped:
@@ -189,6 +193,7 @@ class Trainer:
 
     def _log(self, log: "_IntervalLog") -> None:
         comp = self.gather_telemetry()
+        store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -200,6 +205,10 @@ class Trainer:
         loss = log.loss / max(1, log.steps)
         extra = telemetry.log_fields(comp) if comp is not None else ""
         extra += f" distinct samples: {self.data.train.distinct_samples_seen} |"
+        if store_rows is not None:
+            extra += f" aqsgd store rows per dp rank: {'/'.join(map(str, store_rows))} |"
+            self.tb.scalars({f"aqsgd-store-rows/dp{r}": n for r, n in enumerate(store_rows)}, self.iteration,
+                            samples, vs_samples=False)
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
