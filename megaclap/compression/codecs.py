@@ -173,20 +173,27 @@ class RandKCodec(Codec):
     def __init__(self, ratio: float, scale: bool, spec: str):
         self.spec, self.ratio, self.scale = spec, ratio, scale
         self._memo = (None, None)  # last (key, (indices, stratum lengths)): the sender decodes right after encoding
+        self._strata: dict = {}    # (n, device) -> (starts, lengths, lengths as float64): fixed per run
 
     def strata(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(first position, length) of each of the k strata, int64 [k]."""
-        k = _ceil_frac(self.ratio, n)
-        bounds = torch.arange(k + 1, dtype=torch.int64, device=device) * n // k  # [k + 1]
-        return bounds[:-1], bounds[1:] - bounds[:-1]
+        return self._strata_f64(n, torch.device(device))[:2]
+
+    def _strata_f64(self, n: int, device: torch.device):
+        if (n, device) not in self._strata:
+            k = _ceil_frac(self.ratio, n)
+            bounds = torch.arange(k + 1, dtype=torch.int64, device=device) * n // k  # [k + 1]
+            lengths = bounds[1:] - bounds[:-1]
+            self._strata[(n, device)] = (bounds[:-1], lengths, lengths.double())
+        return self._strata[(n, device)]
 
     def _draw(self, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         device = torch.device(device)
         key = (n, seed, device)
         if self._memo[0] != key:
-            starts, lengths = self.strata(n, device)
+            starts, lengths, lengths_f = self._strata_f64(n, device)
             u = torch.rand(starts.numel(), generator=_generator(device, seed), device=device, dtype=torch.float64)
-            self._memo = (key, (starts + (u * lengths).long(), lengths))  # u < 1: inside the stratum
+            self._memo = (key, (u.mul_(lengths_f).long().add_(starts), lengths))  # u < 1: inside the stratum
         return self._memo[1]
 
     def indices(self, n: int, seed: int, device) -> torch.Tensor:
@@ -208,7 +215,7 @@ class RandKCodec(Codec):
         if self.scale:
             values = (values.float() * lengths).to(dtype)
         out = torch.zeros(n, dtype=dtype, device=payload.device)
-        out[idx] = values
+        out.index_copy_(0, idx, values)
         return out.reshape(shape)
 
 
@@ -216,13 +223,21 @@ class QuantCodec(Codec):
     """Symmetric B-bit quantisation with one fp32 absmax scale per channel (last dim).
 
     Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
-    q + qmax in B bits, 8 // B codes per byte, lowest bits first. Encode reads the tensor twice
-    (absmax; scale-and-round into one fp32 temporary), the rest works on 1-byte codes.
+    q + qmax in B bits, 8 // B codes per byte, lowest bits first. Encode: absmax by two
+    read-only reductions, one scale-and-round pass into a reused fp32 work tensor, then
+    1-byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
     """
 
     def __init__(self, bits: int, stochastic: bool, spec: str):
         self.spec, self.bits, self.stochastic = spec, bits, stochastic
         self.qmax = 2 ** (bits - 1) - 1
+        self._scratch: dict = {}  # (shape, device, role) -> fp32 work tensor, reused across calls
+
+    def _work(self, shape, device, role: str) -> torch.Tensor:
+        key = (tuple(shape), device, role)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return self._scratch[key]
 
     @staticmethod
     def _channels(shape) -> int:
@@ -234,11 +249,13 @@ class QuantCodec(Codec):
     def encode(self, x, seed=0):
         d = self._channels(x.shape)
         xs = x.reshape(-1, d)  # [rows, D]
-        scale = torch.linalg.vector_norm(xs, ord=math.inf, dim=0).float()  # [D] absmax (pass 1)
+        # [D] absmax from two read-only reductions (no |x| temporary; aminmax is slower on CPU)
+        scale = torch.maximum(xs.amax(dim=0), xs.amin(dim=0).neg()).float().abs_()
         inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
-        y = torch.mul(xs, inv)  # [rows, D] fp32 (pass 2), then rounded in place
+        y = torch.mul(xs, inv, out=self._work(xs.shape, x.device, "y"))  # [rows, D] fp32, the one write pass
         if self.stochastic:
-            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device)
+            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device,
+                               out=self._work(xs.shape, x.device, "noise"))
             y.add_(noise).floor_().clamp_(-self.qmax, self.qmax)
         else:
             y.round_()  # |y| <= qmax already: absmax scaling
