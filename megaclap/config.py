@@ -179,6 +179,8 @@ class TrainConfig:
     """--no-load-rng: do not restore RNG states."""
     exit_interval: Optional[int] = None
     """--exit-interval: stop (after saving) when iteration % this == 0."""
+    compile: bool = False
+    """--compile: torch.compile each pipeline stage (off by default; eager where unsupported)."""
 
 
 @dataclass

@@ -36,6 +36,16 @@ def build_stage(cfg, pstate) -> GPTStage:
     return stage.to(pstate.device)
 
 
+def compile_stage(stage: GPTStage, backend: str = "inductor", print_fn=print) -> bool:
+    """--compile: torch.compile the stage's forward in place (parameters, hooks and state_dict keys
+    unchanged; collectives inside autograd Functions become graph breaks). False where unsupported."""
+    if not torch._dynamo.is_dynamo_supported():
+        print_fn(" --compile: torch.compile is not supported on this platform; running eager")
+        return False
+    stage.compile(backend=backend)
+    return True
+
+
 def wire_dtype(optim_cfg) -> torch.dtype:
     return torch.bfloat16 if optim_cfg.bf16 else torch.float16 if optim_cfg.fp16 else torch.float32
 
@@ -46,6 +56,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 100 * pstate.pp_rank)  # dropout: same within a tp group
         self.stage = build_stage(cfg, pstate)
         self.grad_buffer = GradBuffer(self.stage, pstate)
+        if cfg.train.compile:
+            compile_stage(self.stage, print_fn=print_fn)
         self.optimizer = build_optimizer(self.stage, cfg.optim, pstate.device)
         self.scheduler = LRScheduler(self.optimizer, cfg.optim)
         self.scaler = LossScaler(cfg.optim.fp16, cfg.optim.initial_loss_scale, cfg.optim.loss_scale,
