@@ -38,6 +38,7 @@ def megaclap_trainer(a, device, world: int = 1, rank: int = 0, microbatches: int
             "--train-iters", "1000", "--mock-data", "--lr", "1e-4",
             "--hidden-dropout", "0", "--attention-dropout", "0"]  # the reference has no dropout
     argv += (["--bf16"] if a.bf16 else []) + (["--compile"] if a.compile else [])
+    argv += ["--ddp-bucket-size", str(a.ddp_bucket_size)] if a.ddp_bucket_size else []
     cfg = parse_args(argv).validate(world)
     return Trainer(cfg, ParallelState(1, 1, world, rank, device), print_fn=lambda s: None)
 
@@ -116,7 +117,8 @@ def _dp_rank(rank: int, world: int, a, port: int, queue) -> None:
     if a.no_overlap:  # the same buckets, all-reduced after backward instead of from its hooks
         from megaclap.training.grads import GradBuffer
         trainer.grad_buffer.remove_hooks()
-        trainer.grad_buffer = GradBuffer(trainer.stage, trainer.ps, overlap=False)
+        trainer.grad_buffer = GradBuffer(trainer.stage, trainer.ps, 4 * trainer.cfg.parallel.ddp_bucket_size,
+                                         overlap=False)
     batch = trainer.data.train.next_batch()
     step = lambda: trainer.train_step(batch, sync=False, measure=False)  # noqa: E731
     try:  # trees from before issue 15 have no sync argument
@@ -174,6 +176,7 @@ def main() -> None:
     p.add_argument("--dp", type=int, default=0, help="CPU data-parallel scaling: dp=N vs dp=1 ranks (gloo)")
     p.add_argument("--microbatches", type=int, default=2, help="per-rank microbatches for --dp")
     p.add_argument("--no-overlap", action="store_true", help="--dp: all-reduce after backward")
+    p.add_argument("--ddp-bucket-size", type=int, default=None, help="passed to megaclap (elements per bucket)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="bench/results/model_overhead.json")
     a = p.parse_args()

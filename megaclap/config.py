@@ -107,6 +107,8 @@ class ParallelConfig:
     """--use-cpu-initialization: initialise full master weights on CPU, then shard (layout-independent)."""
     distributed_backend: Optional[str] = None
     """--distributed-backend: gloo or nccl; default from the device (nccl on CUDA, gloo on CPU)."""
+    ddp_bucket_size: int = 8 * 2**20
+    """--ddp-bucket-size: gradient elements per data-parallel all-reduce bucket (smaller: earlier overlap)."""
 
 
 @dataclass

@@ -38,6 +38,8 @@ class GradBuffer:
     """Persistent gradient buffers of one stage and their data-parallel reduction."""
 
     def __init__(self, stage: torch.nn.Module, pstate, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True):
+        if bucket_bytes <= 0:
+            raise ValueError(f"gradient bucket size must be positive, got {bucket_bytes} bytes (--ddp-bucket-size)")
         self.stage, self.ps, self.overlap = stage, pstate, overlap
         self.params = [p for p in stage.parameters() if p.requires_grad]
         self.buffers: list[torch.Tensor] = []

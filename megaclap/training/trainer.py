@@ -55,7 +55,7 @@ class Trainer:
         self.cfg, self.ps, self.print = cfg, pstate, print_fn
         torch.manual_seed(cfg.train.seed + 100 * pstate.pp_rank)  # dropout: same within a tp group
         self.stage = build_stage(cfg, pstate)
-        self.grad_buffer = GradBuffer(self.stage, pstate)
+        self.grad_buffer = GradBuffer(self.stage, pstate, bucket_bytes=4 * cfg.parallel.ddp_bucket_size)
         if cfg.train.compile:
             compile_stage(self.stage, print_fn=print_fn)
         self.optimizer = build_optimizer(self.stage, cfg.optim, pstate.device)
