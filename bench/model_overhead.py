@@ -3,7 +3,7 @@ AdamW) for megaclap's GPT vs a plain single-file PyTorch GPT of the same shape
 (bench/reference_gpt.py), alternating A and B runs in one process; and data-parallel scaling.
 
     python -m bench.model_overhead [--runs 5 --steps 5] [--out bench/results/model_overhead.json]
-    python -m bench.model_overhead --dp 2 [--no-overlap]      # CPU/gloo: dp=2 vs dp=1, same per-rank batch
+    python -m bench.model_overhead --dp 2 [--ddp-bucket-size N]  # CPU/gloo: dp=2 vs dp=1, same per-rank batch
     python -m bench.model_overhead --device cuda --size 350m --bf16 [--compile] [--peak-tflops 989]
 
 Steps run the way the training loop runs them: no host sync inside a step (megaclap:
@@ -109,28 +109,35 @@ def overhead(a, device) -> dict:
 
 # --- data-parallel scaling on CPU (gloo) -------------------------------------------------------
 def _dp_rank(rank: int, world: int, a, port: int, queue) -> None:
+    """One rank: median step time per reduction mode. In this tree at dp > 1, the overlapped
+    GradBuffer and the same buckets all-reduced after backward alternate run by run (A/B);
+    a tree from before issue 15 (no grad_buffer) is timed as it is ("before")."""
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(minutes=5))
     trainer = megaclap_trainer(a, torch.device("cpu"), world, rank, a.microbatches)
-    if a.no_overlap:  # the same buckets, all-reduced after backward instead of from its hooks
-        from megaclap.training.grads import GradBuffer
-        trainer.grad_buffer.remove_hooks()
-        trainer.grad_buffer = GradBuffer(trainer.stage, trainer.ps, 4 * trainer.cfg.parallel.ddp_bucket_size,
-                                         overlap=False)
     batch = trainer.data.train.next_batch()
-    step = lambda: trainer.train_step(batch, sync=False, measure=False)  # noqa: E731
-    try:  # trees from before issue 15 have no sync argument
-        step()
-    except TypeError:
-        step = lambda: trainer.train_step(batch)  # noqa: E731
-    secs = []
-    for _ in range(a.runs):
+    modes = {"before": None}
+    if hasattr(trainer, "grad_buffer"):
+        from megaclap.training.grads import GradBuffer
+        modes = {"overlap": trainer.grad_buffer}
         if world > 1:
-            dist.barrier()
-        secs.append(timed(step, a.steps, torch.device("cpu")) / a.steps)
-    queue.put((rank, statistics.median(secs)))
+            modes["after_backward"] = GradBuffer(trainer.stage, trainer.ps, 4 * trainer.cfg.parallel.ddp_bucket_size,
+                                                 overlap=False)
+        step = lambda: trainer.train_step(batch, sync=False, measure=False)  # noqa: E731
+    else:
+        step = lambda: trainer.train_step(batch)  # noqa: E731
+    secs = {m: [] for m in modes}
+    for _ in range(a.runs):
+        for mode, buf in modes.items():
+            if buf is not None:
+                trainer.grad_buffer = buf
+            step()  # warm-up of this mode
+            if world > 1:
+                dist.barrier()
+            secs[mode].append(timed(step, a.steps, torch.device("cpu")) / a.steps)
+    queue.put((rank, {m: statistics.median(v) for m, v in secs.items()}))
     if world > 1:
         dist.destroy_process_group()
 
@@ -150,11 +157,12 @@ def dp_scaling(a) -> dict:
         times = dict(queue.get(timeout=1800) for _ in procs)
         for p in procs:
             p.join()
-        out[f"dp{world}_step_s"] = max(times.values())
-    out["dp_over_dp1"] = out[f"dp{a.dp}_step_s"] / out["dp1_step_s"]
-    print(f"step time, same per-rank batch ({a.microbatches} microbatches of {a.mbs}): dp=1 "
-          f"{out['dp1_step_s'] * 1e3:.1f} ms, dp={a.dp} {out[f'dp{a.dp}_step_s'] * 1e3:.1f} ms "
-          f"(x{out['dp_over_dp1']:.3f}); overlap={'off' if a.no_overlap else 'on'}")
+        for mode in times[0]:
+            out[f"dp{world}_{mode}_step_s"] = max(t[mode] for t in times.values())
+    base = out.get("dp1_overlap_step_s", out.get("dp1_before_step_s"))
+    print(f"step time, same per-rank batch ({a.microbatches} microbatches of {a.mbs}), median of {a.runs}:")
+    for key, value in out.items():
+        print(f"  {key:28s} {value * 1e3:9.1f} ms   x{value / base:.3f} of dp=1")
     return out
 
 
@@ -175,7 +183,6 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s for MFU (H100 bf16: 989)")
     p.add_argument("--dp", type=int, default=0, help="CPU data-parallel scaling: dp=N vs dp=1 ranks (gloo)")
     p.add_argument("--microbatches", type=int, default=2, help="per-rank microbatches for --dp")
-    p.add_argument("--no-overlap", action="store_true", help="--dp: all-reduce after backward")
     p.add_argument("--ddp-bucket-size", type=int, default=None, help="passed to megaclap (elements per bucket)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="bench/results/model_overhead.json")

@@ -92,3 +92,14 @@ def test_cuda_non_logging_step_raises_no_sync_error():
         tr.train_step(batch, sync=False, measure=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_nan_iterations_counted_on_device_and_read_lazily(monkeypatch):
+    import megaclap.training.trainer as trainer_module
+    tr = make_trainer(0, 1, tiny_args(layers=2))
+    monkeypatch.setattr(trainer_module, "clip_grad_norm", lambda *a: torch.tensor(float("nan")))
+    for _ in range(3):
+        tr.train_step(tr.data.train.next_batch(), sync=False, measure=False)
+    assert tr.nans == 3  # a bool accumulator would say 1
+    tr.nans = 5  # checkpoint restore
+    assert tr.nans == 5

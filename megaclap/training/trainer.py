@@ -138,7 +138,7 @@ class Trainer:
         if not skipped:
             self.optimizer.step()
             self.scheduler.step()
-            nan = ~torch.isfinite(grad_norm)
+            nan = (~torch.isfinite(grad_norm)).to(torch.int32)
             self._nan_pending = nan if self._nan_pending is None else self._nan_pending + nan
         self.iteration += 1
         self.skipped += int(skipped)
