@@ -271,7 +271,8 @@ class QuantCodec(Codec):
     def decode(self, payload, shape, dtype, seed=0):
         d, n = self._channels(shape), _numel(shape)
         scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
-        q = torch.sub(self._unpack(payload[4 * d:], n), self.qmax).view(torch.int8)  # [n] signed levels
+        codes = self._unpack(payload[4 * d:], n)  # [n] uint8 (B=8: a view of the payload, left intact)
+        q = (torch.sub(codes, self.qmax) if self.bits == 8 else codes.sub_(self.qmax)).view(torch.int8)
         out = torch.empty(shape, dtype=dtype, device=payload.device)
         torch.mul(q.view(-1, d), scale / self.qmax, out=out.view(-1, d))  # fp32 math, cast on store
         return out
@@ -293,8 +294,10 @@ class QuantCodec(Codec):
         per, mask = 8 // self.bits, (1 << self.bits) - 1
         if per == 1:
             return packed[:n]
-        cols = [(packed >> (self.bits * j)) & mask for j in range(per)]
-        return torch.stack(cols, dim=1).reshape(-1)[:n]  # [n] uint8
+        cols = torch.empty(packed.numel(), per, dtype=torch.uint8, device=packed.device)  # [nbytes, per]
+        for j in range(per):
+            torch.bitwise_right_shift(packed, self.bits * j, out=cols[:, j])
+        return cols.bitwise_and_(mask).view(-1)[:n]  # [n] uint8, a fresh tensor
 
 
 def _parse_ratio(text: str, spec: str, flag: str) -> float:
