@@ -1,11 +1,14 @@
 """Codec benchmark: bytes on the wire and encode+decode throughput on one pipeline boundary.
 
     python -m bench.compression [--out bench/results/compression.json] [--reps 7]
+    python -m bench.compression --speedup-only --baseline-codecs /path/to/old/megaclap/compression/codecs.py
 
 (1) Wire table: payload bytes and payload/raw ratio of each codec for a GPT-2-small boundary
     tensor [b=1, s=1024, h=768] in bf16 and fp32 (pure arithmetic: payload_nbytes, checked
     against a real encode).
 (3) Convergence: GPT-tiny at PP=2 for each method (bench/convergence.py).
+(4) Before/after (--baseline-codecs): randk and quant encode+decode GB/s on a [1, 2048, 4096]
+    fp32 tensor, this tree's codecs against another checkout's codecs.py (loaded by path).
 (2) Throughput: encode + decode, in GB/s of the raw tensor, next to a plain x.clone() of the
     same tensor measured in the same run (median of --reps after one warm-up), on CPU and,
     when available, CUDA (synchronised around each timing).
@@ -82,6 +85,57 @@ def throughput_table(device: torch.device, reps: int) -> list:
     return rows
 
 
+SPEEDUP_SHAPE = (1, 2048, 4096)
+RANDK_DRAW = "randk:0.1 indices"
+SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "quant:4:sr"]
+
+
+def _load_codecs(path: str):
+    """A codecs.py from another checkout, as a module (the 'before' of the speed-up table)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("baseline_codecs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _median_cpu_seconds(fn, reps: int) -> float:
+    """Median process CPU time (user + system) of fn() on one thread: robust to a shared, loaded box."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def speedup_table(baseline_path: str, device: torch.device, reps: int) -> list:
+    """encode+decode GB/s of the baseline codecs and of this tree's, same tensor and seeds
+    (CPU: one thread, process CPU time; CUDA: synchronised wall time)."""
+    old = _load_codecs(baseline_path)
+    x = torch.randn(SPEEDUP_SHAPE, device=device)
+    raw, rows = x.numel() * x.element_size(), []
+    for spec in SPEEDUP_CODECS:
+        row = {"device": device.type, "codec": spec, "shape": list(SPEEDUP_SHAPE), "dtype": "fp32"}
+        for label, parse in (("before", old.parse_codec), ("after", parse_codec)):
+            codec, seeds = parse(spec.split()[0]), iter(range(1 << 30))
+
+            def round_trip(codec=codec, seeds=seeds):
+                seed = next(seeds)
+                return codec.decode(codec.encode(x, seed=seed), SPEEDUP_SHAPE, x.dtype, seed=seed)
+
+            if spec == RANDK_DRAW:  # the index draw alone (a fresh seed: no memo)
+                codec = parse(spec.split()[0])
+                round_trip = lambda codec=codec, seeds=seeds: codec.indices(x.numel(), next(seeds), device)  # noqa: E731
+            secs = _median_cpu_seconds(round_trip, reps) if device.type == "cpu" else \
+                _median_seconds(round_trip, device, reps)
+            row[f"ms_{label}"], row[f"gbps_{label}"] = secs * 1e3, raw / secs / 1e9
+        row["speedup"] = row["ms_before"] / row["ms_after"]
+        rows.append(row)
+    return rows
+
+
 def print_table(title: str, rows: list, cols: list) -> None:
     print(f"\n{title}")
     print("  ".join(f"{c:>13}" for c in cols))
@@ -98,8 +152,23 @@ def main() -> None:
                         help="steps of the PP=2 convergence table (0 skips it)")
     parser.add_argument("--data-args", default="--mock-data",
                         help="data flags for the convergence runs, e.g. '--data-path P --tokenizer-type ...'")
+    parser.add_argument("--baseline-codecs", default=None,
+                        help="codecs.py of another checkout: adds the before/after table (4)")
+    parser.add_argument("--speedup-only", action="store_true", help="run only table (4)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.speedup_only:
+        torch.set_num_threads(1)
+        if not args.baseline_codecs:
+            parser.error("--speedup-only needs --baseline-codecs PATH")
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        rows = [r for dev in devices for r in speedup_table(args.baseline_codecs, dev, args.reps)]
+        print_table(f"(4) encode+decode, {list(SPEEDUP_SHAPE)} fp32, before vs after (median of {args.reps})",
+                    rows, ["device", "codec", "ms_before", "ms_after", "gbps_before", "gbps_after", "speedup"])
+        _write(args.out, {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                          "baseline": args.baseline_codecs, "speedup": rows})
+        return
     wire = wire_table()
     print_table(f"(1) wire bytes, boundary tensor {list(SHAPE)}", wire,
                 ["dtype", "codec", "raw_bytes", "payload_bytes", "ratio"])
@@ -115,10 +184,16 @@ def main() -> None:
     result = {"convergence": convergence, "shape": list(SHAPE), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "wire": wire, "throughput": speed}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    _write(args.out, result)
+
+
+def _write(path: str, result: dict) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\nwrote {args.out}")
+    os.replace(path + ".tmp", path)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

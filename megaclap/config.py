@@ -114,6 +114,8 @@ class ParallelConfig:
     """--use-cpu-initialization: initialise full master weights on CPU, then shard (layout-independent)."""
     distributed_backend: Optional[str] = field(default=None, metadata={"choices": ("gloo", "nccl")})
     """--distributed-backend: gloo or nccl; default from the device (nccl on CUDA, gloo on CPU)."""
+    ddp_bucket_size: int = 8 * 2**20
+    """--ddp-bucket-size: gradient elements per data-parallel all-reduce bucket (smaller: earlier overlap)."""
 
 
 @dataclass
@@ -225,6 +227,8 @@ class TrainConfig:
     """--verbose-errors: print the traceback of a known error (corrupt data, bad checkpoint, full disk) too."""
     exit_duration_in_mins: Optional[float] = None
     """--exit-duration-in-mins: stop (after saving) once the run has lasted this long."""
+    compile: bool = False
+    """--compile: torch.compile each pipeline stage (off by default; eager where unsupported)."""
 
 
 @dataclass

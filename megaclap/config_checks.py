@@ -70,6 +70,7 @@ def _check_batches(cfg: MegaclapConfig, dp: int) -> None:
            f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
            f"{t.micro_batch_size} x data-parallel size {dp}")
     _check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+    _check(cfg.parallel.ddp_bucket_size > 0, "--ddp-bucket-size must be a positive number of gradient elements")
 
 
 def _check_precision(cfg: MegaclapConfig) -> None:

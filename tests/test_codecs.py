@@ -137,3 +137,68 @@ def test_bad_specs_name_the_flag_and_allowed_values(spec, needle):
     with pytest.raises(ValueError, match="--pp-bwd-codec") as err:
         parse_codec(spec, "--pp-bwd-codec")
     assert needle in str(err.value) and "quant:B" in str(err.value)
+
+
+def _quant_reference(bits, stochastic, x, seed):
+    """quant's encode before issue 15 (six passes), kept to prove the payload did not change."""
+    qmax, d = 2 ** (bits - 1) - 1, x.shape[-1]
+    xf = x.reshape(-1, d).float()
+    scale = xf.abs().amax(dim=0)
+    inv = torch.where(scale > 0, qmax / scale, torch.zeros_like(scale))
+    y = xf * inv
+    if stochastic:
+        gen = torch.Generator(device=x.device).manual_seed(seed % (1 << 63))
+        q = torch.floor(y + torch.rand(y.shape, generator=gen, device=x.device))
+    else:
+        q = torch.round(y)
+    codes = (q.clamp_(-qmax, qmax) + qmax).to(torch.uint8).reshape(-1)
+    per = 8 // bits
+    codes = torch.cat([codes, codes.new_zeros((-codes.numel()) % per)]).view(-1, per)
+    packed = codes[:, 0].clone()
+    for j in range(1, per):
+        packed |= codes[:, j] << (bits * j)
+    return torch.cat([scale.reshape(-1).view(torch.uint8), packed]), scale
+
+
+@pytest.mark.parametrize("spec", ["quant:2", "quant:4", "quant:8", "quant:4:sr", "quant:8:sr"])
+def test_quant_payload_identical_to_the_six_pass_encoder(spec):
+    torch.manual_seed(2)
+    bits, sr = int(spec.split(":")[1]), spec.endswith(":sr")
+    codec = parse_codec(spec)
+    for dtype in DTYPES:
+        x = (torch.randn(3, 41, 24) * torch.linspace(0.01, 30, 24)).to(dtype)
+        x[:, :, 5] = 0.0  # a zero channel (scale 0)
+        x[0, 0, 7] = x[:, :, 7].abs().max() * 0.5 / ((2 ** (bits - 1) - 1))  # an exact half step
+        want, scale = _quant_reference(bits, sr, x, seed=9)
+        got = codec.encode(x, seed=9)
+        assert torch.equal(got, want), (spec, dtype)
+        if not sr:  # decode: the levels times scale / qmax, in fp32, cast once
+            qmax = 2 ** (bits - 1) - 1
+            q = torch.round(x.float() * torch.where(scale > 0, qmax / scale, 0.0))
+            ref = (q * (scale / qmax)).to(dtype)
+            assert torch.equal(codec.decode(got, x.shape, dtype), ref)
+
+
+def test_randk_draw_is_stratified_distinct_and_needs_no_permutation(monkeypatch):
+    def no_randperm(*a, **k):
+        raise AssertionError("randk must not draw a permutation of n")
+    monkeypatch.setattr(torch, "randperm", no_randperm)
+    n, ratio = 70001, 0.03
+    sender, receiver = parse_codec(f"randk:{ratio}"), parse_codec(f"randk:{ratio}")  # two ends, no shared memo
+    x = torch.randn(n)
+    y = receiver.decode(sender.encode(x, seed=5), (n,), x.dtype, seed=5)
+    idx = sender.indices(n, 5, x.device)
+    k = math.ceil(ratio * n)
+    assert idx.numel() == k and torch.equal(idx, receiver.indices(n, 5, x.device))
+    assert bool((idx[1:] > idx[:-1]).all())  # ascending, hence distinct
+    starts, lengths = sender.strata(n, x.device)
+    assert bool(((idx >= starts) & (idx < starts + lengths)).all()) and int(lengths.sum()) == n
+    assert torch.equal(y[idx], x[idx]) and int((y != 0).sum()) == k
+    hits = torch.zeros(n)  # every position equally likely: inclusion frequency ~ ratio
+    for seed in range(200):
+        hits[sender.indices(n, seed, x.device)] += 1
+    per_block = hits[: n - n % 1000].view(-1, 1000).mean(1) / 200  # [70] blocks of 1000 positions
+    assert (per_block - ratio).abs().max() < 0.01
+    scaled = parse_codec(f"randk:{ratio}:scale")
+    z = scaled.decode(scaled.encode(x, seed=5), (n,), x.dtype, seed=5)
+    assert torch.allclose(z[idx], x[idx] * lengths.float())

@@ -85,6 +85,7 @@ class ChannelStats:
     ref_memory_bytes: int = 0  # current m / e / store bytes (store: reported by slot 0 only)
     _err_last: object = 0.0
     _err_sum: object = 0.0
+    _err_count: int = 0  # sends that measured their error (Channel.send(measure=True))
 
     @property
     def rel_err(self) -> float:
@@ -93,7 +94,7 @@ class ChannelStats:
 
     @property
     def rel_err_mean(self) -> float:
-        return float(self._err_sum) / max(self.steps, 1)
+        return float(self._err_sum) / max(self._err_count, 1)
 
     @property
     def ratio(self) -> float:
@@ -104,12 +105,14 @@ class ChannelStats:
         self.raw_bytes += raw
         self.payload_bytes += payload
         self.steps += 1
-        self._err_last, self._err_sum = err, self._err_sum + err
+        if err is not None:
+            self._err_last, self._err_sum, self._err_count = err, self._err_sum + err, self._err_count + 1
 
     def reset(self) -> None:
         """Start a new logging interval (ref_memory_bytes is a level, not a sum: kept)."""
         self.raw_bytes = self.payload_bytes = self.steps = 0
         self._err_last = self._err_sum = 0.0
+        self._err_count = 0
 
     def as_dict(self) -> dict:
         return {"raw_bytes": self.raw_bytes, "payload_bytes": self.payload_bytes, "ratio": self.ratio,
@@ -174,8 +177,9 @@ class Channel:
 
     # ---------------------------------------------------------------- the two ends
     @torch.no_grad()
-    def send(self, x: torch.Tensor, *, step: int, fresh: bool, sample_ids=None) -> torch.Tensor:
-        """Sender: payload to put on the wire (x itself for `none`, else flat uint8)."""
+    def send(self, x: torch.Tensor, *, step: int, fresh: bool, sample_ids=None, measure: bool = True) -> torch.Tensor:
+        """Sender: payload to put on the wire (x itself for `none`, else flat uint8). measure=False
+        skips the telemetry error (and, for `direct`, the sender's decode, which only it needs)."""
         if tuple(x.shape) != self.shape or x.dtype != self.dtype:
             raise ValueError(f"Channel {self._name()} expects {self.shape} {self.dtype}, "
                              f"got {tuple(x.shape)} {x.dtype}")
@@ -183,11 +187,14 @@ class Channel:
         self._begin(fresh)
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
         payload = self._encode(x, seed, fresh, sample_ids)
+        if self.method == "direct" and not measure:
+            self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), None)
+            return payload
         x_hat = self._advance(payload, seed, fresh, sample_ids)
         if self.method == "ef" and not self.lossless:
             self.e = (x if self.e is None else x + self.e) - x_hat
-        err = 0.0
-        if self.track_error and not self.lossless:
+        err = 0.0 if measure else None
+        if measure and self.track_error and not self.lossless:
             diff = torch.linalg.vector_norm(x_hat.float() - x.float())
             err = diff / torch.linalg.vector_norm(x.float()).clamp_min(1e-30)
         self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), err)

@@ -11,6 +11,7 @@ Payload layouts (n = numel, D = shape[-1], s = itemsize of the tensor's dtype):
     topk:R        values [k] (dtype) | in-chunk indices [k] (u16)  k * (s + 2)
                   k = sum over 65536-element chunks of ceil(R * chunk_len)
     randk:R[:scale]  values [k] (dtype); indices from the seed     k * s,  k = ceil(R * n)
+                  (one position per stratum of n / k elements, in ascending order)
     quant:B[:sr]  per-channel scales [D] (fp32) | codes bit-packed 4 * D + ceil(n * B / 8)
 
 Parts are concatenated in the order shown; each part starts at an offset that is a multiple
@@ -161,20 +162,43 @@ class TopKCodec(Codec):
 
 
 class RandKCodec(Codec):
-    """k = ceil(R * n) random positions from the shared seed; only the values travel."""
+    """k = ceil(R * n) positions drawn from the shared seed; only the values travel.
+
+    Stratified draw: the flattened tensor is cut into k strata (stratum j covers
+    [floor(j n / k), floor((j+1) n / k)), 1/R elements each up to rounding) and one position is
+    drawn uniformly in each, from k uniform numbers: O(k) work, positions distinct by
+    construction, every element kept with probability 1/len(its stratum) ~ R. `:scale` multiplies
+    each value by its stratum's length (unbiased)."""
 
     def __init__(self, ratio: float, scale: bool, spec: str):
         self.spec, self.ratio, self.scale = spec, ratio, scale
-        self._memo = (None, None)  # last (key, indices): the sender decodes right after encoding
+        self._memo = (None, None)  # last (key, (indices, stratum lengths)): the sender decodes right after encoding
+        self._strata: dict = {}    # (n, device) -> (starts, lengths, lengths as float64): fixed per run
 
-    def indices(self, n: int, seed: int, device) -> torch.Tensor:
-        """The k positions for this seed: identical on sender and receiver (same device type)."""
+    def strata(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first position, length) of each of the k strata, int64 [k]."""
+        return self._strata_f64(n, torch.device(device))[:2]
+
+    def _strata_f64(self, n: int, device: torch.device):
+        if (n, device) not in self._strata:
+            k = _ceil_frac(self.ratio, n)
+            bounds = torch.arange(k + 1, dtype=torch.int64, device=device) * n // k  # [k + 1]
+            lengths = bounds[1:] - bounds[:-1]
+            self._strata[(n, device)] = (bounds[:-1], lengths, lengths.double())
+        return self._strata[(n, device)]
+
+    def _draw(self, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         device = torch.device(device)
         key = (n, seed, device)
         if self._memo[0] != key:
-            perm = torch.randperm(n, generator=_generator(device, seed), device=device)
-            self._memo = (key, perm[: _ceil_frac(self.ratio, n)])
+            starts, lengths, lengths_f = self._strata_f64(n, device)
+            u = torch.rand(starts.numel(), generator=_generator(device, seed), device=device, dtype=torch.float64)
+            self._memo = (key, (u.mul_(lengths_f).long().add_(starts), lengths))  # u < 1: inside the stratum
         return self._memo[1]
+
+    def indices(self, n: int, seed: int, device) -> torch.Tensor:
+        """The k positions for this seed, ascending: identical on sender and receiver (same device type)."""
+        return self._draw(n, seed, device)[0]
 
     def payload_nbytes(self, shape, dtype):
         n = _numel(shape)
@@ -186,12 +210,12 @@ class RandKCodec(Codec):
 
     def decode(self, payload, shape, dtype, seed=0):
         n = _numel(shape)
-        idx = self.indices(n, seed, payload.device)
+        idx, lengths = self._draw(n, seed, payload.device)
         values = _as_dtype(payload, dtype)
         if self.scale:
-            values = values * (n / idx.numel())
+            values = (values.float() * lengths).to(dtype)
         out = torch.zeros(n, dtype=dtype, device=payload.device)
-        out[idx] = values
+        out.index_copy_(0, idx, values)
         return out.reshape(shape)
 
 
@@ -199,12 +223,21 @@ class QuantCodec(Codec):
     """Symmetric B-bit quantisation with one fp32 absmax scale per channel (last dim).
 
     Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
-    q + qmax in B bits, 8 // B codes per byte, lowest bits first.
+    q + qmax in B bits, 8 // B codes per byte, lowest bits first. Encode: absmax by two
+    read-only reductions, one scale-and-round pass into a reused fp32 work tensor, then
+    1-byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
     """
 
     def __init__(self, bits: int, stochastic: bool, spec: str):
         self.spec, self.bits, self.stochastic = spec, bits, stochastic
         self.qmax = 2 ** (bits - 1) - 1
+        self._scratch: dict = {}  # (shape, device, role) -> fp32 work tensor, reused across calls
+
+    def _work(self, shape, device, role: str) -> torch.Tensor:
+        key = (tuple(shape), device, role)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return self._scratch[key]
 
     @staticmethod
     def _channels(shape) -> int:
@@ -215,40 +248,56 @@ class QuantCodec(Codec):
 
     def encode(self, x, seed=0):
         d = self._channels(x.shape)
-        xf = x.reshape(-1, d).float()  # [rows, D]
-        scale = xf.abs().amax(dim=0)  # [D]
+        xs = x.reshape(-1, d)  # [rows, D]
+        # [D] absmax from two read-only reductions (no |x| temporary; aminmax is slower on CPU)
+        scale = torch.maximum(xs.amax(dim=0), xs.amin(dim=0).neg()).float().abs_()
         inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
-        y = xf * inv
+        y = torch.mul(xs, inv, out=self._work(xs.shape, x.device, "y"))  # [rows, D] fp32, the one write pass
         if self.stochastic:
-            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device)
-            q = torch.floor(y + noise)
+            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device,
+                               out=self._work(xs.shape, x.device, "noise"))
+            y.add_(noise).floor_().clamp_(-self.qmax, self.qmax)
         else:
-            q = torch.round(y)
-        codes = (q.clamp_(-self.qmax, self.qmax) + self.qmax).to(torch.uint8).reshape(-1)
-        return torch.cat([_bytes(scale), self._pack(codes)])
+            y.round_()  # |y| <= qmax already: absmax scaling
+        payload = torch.empty(self.payload_nbytes(x.shape, x.dtype), dtype=torch.uint8, device=x.device)
+        payload[: 4 * d] = _bytes(scale)
+        if self.bits == 8:  # the codes are the payload's bytes
+            payload[4 * d:].view(torch.int8).copy_(y.reshape(-1))
+            payload[4 * d:].add_(self.qmax)  # q + qmax, wrapping in uint8
+        else:
+            self._pack(y.reshape(-1).to(torch.int8).view(torch.uint8).add_(self.qmax), payload[4 * d:])
+        return payload
 
     def decode(self, payload, shape, dtype, seed=0):
         d, n = self._channels(shape), _numel(shape)
         scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
-        q = self._unpack(payload[4 * d:], n).float() - self.qmax  # [n]
-        out = q.reshape(-1, d) * (scale / self.qmax)  # [rows, D]
-        return out.to(dtype).reshape(shape)
+        codes = self._unpack(payload[4 * d:], n)  # [n] uint8 (B=8: a view of the payload, left intact)
+        q = (torch.sub(codes, self.qmax) if self.bits == 8 else codes.sub_(self.qmax)).view(torch.int8)
+        out = torch.empty(shape, dtype=dtype, device=payload.device)
+        torch.mul(q.view(-1, d), scale / self.qmax, out=out.view(-1, d))  # fp32 math, cast on store
+        return out
 
-    def _pack(self, codes: torch.Tensor) -> torch.Tensor:
+    def _pack(self, codes: torch.Tensor, out: torch.Tensor) -> None:
         per = 8 // self.bits
+        if per == 1:
+            out.copy_(codes)
+            return
         pad = (-codes.numel()) % per
         if pad:
             codes = torch.cat([codes, codes.new_zeros(pad)])
         cols = codes.view(-1, per)  # [nbytes, per]
-        packed = cols[:, 0].clone()
-        for j in range(1, per):  # at most 4 bit positions, each a vectorised op
-            packed |= cols[:, j] << (self.bits * j)
-        return packed
+        out.copy_(cols[:, 0])
+        for j in range(1, per):  # at most 4 bit positions, each a vectorised op on bytes
+            out |= cols[:, j] << (self.bits * j)
 
     def _unpack(self, packed: torch.Tensor, n: int) -> torch.Tensor:
         per, mask = 8 // self.bits, (1 << self.bits) - 1
-        cols = [(packed >> (self.bits * j)) & mask for j in range(per)]
-        return torch.stack(cols, dim=1).reshape(-1)[:n]  # [n] uint8
+        if per == 1:
+            return packed[:n]
+        cols = torch.empty(packed.numel(), per, dtype=torch.uint8, device=packed.device)  # [nbytes, per]
+        for j in range(per):
+            torch.bitwise_right_shift(packed, self.bits * j, out=cols[:, j])
+        return cols.bitwise_and_(mask).view(-1)[:n]  # [n] uint8, a fresh tensor
 
 
 def _parse_ratio(text: str, spec: str, flag: str) -> float:

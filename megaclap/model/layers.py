@@ -28,13 +28,24 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         self.head_dim, self.base = head_dim, base
+        self._tables: dict = {}  # (device, dtype) -> (cos, sin), (positions, hd): grown on demand
 
-    def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, seq_len: int, device: torch.device, offset: int = 0,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions offset..offset+seq_len-1, (s, hd): slices of a cached table."""
+        key, end = (torch.device(device), dtype), offset + seq_len
+        if key not in self._tables or self._tables[key][0].shape[0] < end:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in training later
+                self._tables[key] = self._table(end, key[0], dtype)
+        cos, sin = self._tables[key]
+        return cos[offset:end], sin[offset:end]
+
+    def _table(self, positions: int, device: torch.device, dtype: torch.dtype):
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim))
-        t = torch.arange(offset, offset + seq_len, device=device).float()
+        t = torch.arange(positions, device=device).float()
         freqs = torch.outer(t, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (s, hd)
-        return emb.cos(), emb.sin()
+        emb = torch.cat((freqs, freqs), dim=-1)  # (positions, hd)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -44,12 +44,16 @@ class _CopyToTP(torch.autograd.Function):
 
 class _ReduceFromTP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, tp):
+    def forward(ctx, x, tp, inplace):
+        if inplace and x.is_contiguous():  # no activation copy: x is consumed
+            ctx.mark_dirty(x)
+            dist.all_reduce(x, group=tp.group)
+            return x
         return _all_reduce(x.clone(), tp)
 
     @staticmethod
     def backward(ctx, g):
-        return g, None
+        return g, None, None
 
 
 class _GatherFromTP(torch.autograd.Function):
@@ -82,8 +86,10 @@ def copy_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
     return x if _trivial(tp) else _CopyToTP.apply(x, tp)
 
 
-def reduce_from_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
-    return x if _trivial(tp) else _ReduceFromTP.apply(x, tp)
+def reduce_from_tp(x: torch.Tensor, tp: GroupInfo, inplace: bool = False) -> torch.Tensor:
+    """inplace=True: all-reduce x's own storage. Only for a fresh, non-view x that nothing saved
+    for backward (a matmul or masked_fill output: their backward does not read their output)."""
+    return x if _trivial(tp) else _ReduceFromTP.apply(x, tp, inplace and x._base is None)
 
 
 def gather_from_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:

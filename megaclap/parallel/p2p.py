@@ -36,6 +36,7 @@ class StepInfo:
 
     step: int
     fresh: bool
+    measure: bool = True  # senders compute their telemetry error (the trainer: log steps only)
 
 
 class P2P:
@@ -81,7 +82,8 @@ class P2P:
     def _send(self, x: torch.Tensor, peer: int, boundary: int, direction: str, slot: int,
               info: StepInfo, ids: torch.Tensor) -> None:
         ch = self.channel(boundary, direction, slot)
-        payload = ch.send(x.detach().to(self.dtype), step=info.step, fresh=info.fresh, sample_ids=ids)
+        payload = ch.send(x.detach().to(self.dtype), step=info.step, fresh=info.fresh, sample_ids=ids,
+                          measure=info.measure)
         payload = payload.contiguous()
         self.pending = [(w, p) for w, p in self.pending if not w.is_completed()]  # free sent buffers
         self.pending.append((dist.isend(payload, peer), payload))

@@ -69,7 +69,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.tp)
-        y = reduce_from_tp(F.linear(x, self.weight), self.tp)
+        y = reduce_from_tp(F.linear(x, self.weight), self.tp, inplace=True)
         return y if self.bias is None else y + self.bias
 
 
@@ -93,7 +93,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.per_rank)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tp(out, self.tp)
+        return reduce_from_tp(out, self.tp, inplace=True)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

@@ -1,6 +1,26 @@
-"""Gradient reductions after the last microbatch: data-parallel average, tied-embedding sum
-over the embedding group, global norm over model-parallel ranks, clipping, overflow check."""
+"""Gradient storage and reductions: data-parallel average overlapped with backward, tied-embedding
+sum over the embedding group, global norm over model-parallel ranks, clipping, overflow check.
+
+GradBuffer, per step (a DDP-style reducer on the explicit dp group):
+
+    start(M)    zero the persistent flat buffers; every p.grad is a view into them, so backward
+                accumulates in place and no gradient is ever copied or concatenated
+    backward    a post-accumulate-grad hook counts each parameter's accumulations; once every
+                parameter of a bucket has received its M-th (the last microbatch's) gradient,
+                the bucket is ready, and ready buckets are all-reduced asynchronously in bucket
+                order (the same order on every dp rank) while backward goes on
+    finish()    launch the buckets backward never made ready (unused parameters), wait, divide
+                by dp, then sum the tied word-embedding grads over the embedding group
+
+Buckets are contiguous slices of one flat buffer per dtype, parameters in reverse registration
+order (roughly the order backward produces their gradients), about BUCKET_BYTES each.
+
+Nothing here reads a value back to the host except `unscale_and_check` (fp16 only): the norm
+and the clipping coefficient stay device tensors.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -8,50 +28,107 @@ import torch.distributed as dist
 BUCKET_BYTES = 32 * 2**20
 
 
-def _buckets(tensors: list[torch.Tensor]):
-    bucket, size = [], 0
-    for t in tensors:
-        bucket.append(t)
-        size += t.numel() * t.element_size()
-        if size >= BUCKET_BYTES:
-            yield bucket
-            bucket, size = [], 0
-    if bucket:
-        yield bucket
+class _Bucket:
+    def __init__(self, flat: torch.Tensor, params: list):
+        self.flat, self.params = flat, params  # flat: a contiguous slice of a GradBuffer buffer
+        self.waiting, self.work = len(params), None
 
 
-def all_reduce_coalesced(tensors: list[torch.Tensor], group, average_over: int = 1) -> None:
-    """Sum (then divide) tensors in place over a group, in flat buckets of one dtype."""
-    if group is None or not tensors:
-        return
-    by_dtype: dict = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for same in by_dtype.values():
-        for bucket in _buckets(same):
-            flat = torch.cat([t.reshape(-1) for t in bucket])
-            dist.all_reduce(flat, group=group)
-            if average_over > 1:
-                flat.div_(average_over)
-            offset = 0
-            for t in bucket:
-                t.copy_(flat[offset: offset + t.numel()].view_as(t))
-                offset += t.numel()
+class GradBuffer:
+    """Persistent gradient buffers of one stage and their data-parallel reduction."""
+
+    def __init__(self, stage: torch.nn.Module, pstate, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True):
+        if bucket_bytes <= 0:
+            raise ValueError(f"gradient bucket size must be positive, got {bucket_bytes} bytes (--ddp-bucket-size)")
+        self.stage, self.ps, self.overlap = stage, pstate, overlap
+        self.params = [p for p in stage.parameters() if p.requires_grad]
+        self.buffers: list[torch.Tensor] = []
+        self.buckets: list[_Bucket] = []
+        self.views: dict = {}      # id(param) -> its grad view
+        self.bucket_of: dict = {}  # id(param) -> bucket index
+        by_dtype: dict = {}
+        for p in reversed(self.params):
+            by_dtype.setdefault(p.dtype, []).append(p)
+        for dtype, params in by_dtype.items():
+            self._allocate(dtype, params, bucket_bytes)
+        self.microbatches, self.counts, self.next_launch, self.active = 1, {}, 0, False
+        self.launch_log: list = []  # (bucket index, hooks fired so far): for tests and benchmarks
+        self.hooks_fired = 0
+        self._handles = []
+        if pstate.dp.group is not None and overlap:
+            self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    def _allocate(self, dtype, params: list, bucket_bytes: int) -> None:
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+        self.buffers.append(flat)
+        offset, start, members, size = 0, 0, [], 0
+        for p in params:
+            self.views[id(p)] = flat[offset: offset + p.numel()].view_as(p)
+            self.bucket_of[id(p)] = len(self.buckets)
+            offset += p.numel()
+            members.append(p)
+            size += p.numel() * p.element_size()
+            if size >= bucket_bytes or p is params[-1]:
+                self.buckets.append(_Bucket(flat[start:offset], members))
+                start, members, size = offset, [], 0
+
+    # --- per step -------------------------------------------------------------------------------
+    def start(self, microbatches: int) -> None:
+        """Zero the grads (as views into the buffers) before a step of `microbatches` backwards."""
+        for flat in self.buffers:
+            flat.zero_()
+        for p in self.params:
+            view = self.views[id(p)]
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view  # someone replaced or dropped it: point it back into the buffer
+        self.microbatches, self.counts, self.next_launch, self.active = microbatches, {}, 0, True
+        self.launch_log, self.hooks_fired = [], 0
+        for b in self.buckets:
+            b.waiting, b.work = len(b.params), None
+
+    def _on_grad(self, p: torch.Tensor) -> None:
+        if not self.active:
+            return
+        self.hooks_fired += 1
+        n = self.counts.get(id(p), 0) + 1
+        self.counts[id(p)] = n
+        if n == self.microbatches:  # this parameter's last accumulation of the step
+            self.buckets[self.bucket_of[id(p)]].waiting -= 1
+            self._launch_ready()
+
+    def _launch_ready(self, force: bool = False) -> None:
+        """All-reduce ready buckets asynchronously, strictly in bucket order."""
+        while self.next_launch < len(self.buckets):
+            b = self.buckets[self.next_launch]
+            if b.waiting > 0 and not force:
+                return
+            b.work = dist.all_reduce(b.flat, group=self.ps.dp.group, async_op=True)
+            self.launch_log.append((self.next_launch, self.hooks_fired))
+            self.next_launch += 1
+
+    def finish(self) -> None:
+        """Complete the dp average (and the tied-embedding sum) after the step's last backward."""
+        self.active = False
+        if self.ps.dp.group is not None:
+            self._launch_ready(force=True)
+            for b in self.buckets:
+                b.work.wait()
+                b.work = None
+            for flat in self.buffers:
+                flat.div_(self.ps.dp.size)
+        sum_tied_embedding(self.stage, self.ps)
+
+    def grads(self) -> list[torch.Tensor]:
+        return [self.views[id(p)] for p in self.params]
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
-def ensure_grads(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Every parameter gets a grad tensor (zeros where no microbatch touched it)."""
-    grads = []
-    for p in model.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    return grads
-
-
-def sync_grads(stage, pstate) -> None:
-    """dp average of every grad; sum of the tied word-embedding grads of first and last stage."""
-    all_reduce_coalesced(ensure_grads(stage), pstate.dp.group, pstate.dp.size)
+def sum_tied_embedding(stage, pstate) -> None:
+    """Sum the tied word-embedding grads of the first and last stage (pp > 1)."""
     if stage.tied and pstate.pp_size > 1 and (stage.pre_process or stage.post_process):
         weight = stage.embedding.word_embeddings.weight if stage.pre_process else stage.output_layer.weight
         if pstate.embedding.group is not None:
@@ -65,29 +142,61 @@ def _counts_for_norm(stage, name: str, p: torch.Tensor, tp_rank: int) -> bool:
     return getattr(p, "tp_partition", None) is not None or tp_rank == 0
 
 
-def clip_grad_norm(stage, pstate, max_norm: float) -> float:
-    """Global L2 norm over all model-parallel ranks; scale grads when above max_norm (>0)."""
-    sq = torch.zeros((), dtype=torch.float32, device=pstate.device)
-    for name, p in stage.named_parameters():
-        if p.grad is not None and _counts_for_norm(stage, name, p, pstate.tp_rank):
-            sq += p.grad.float().pow(2).sum()
+def clip_grad_norm(stage, pstate, max_norm: float) -> torch.Tensor:
+    """Global L2 norm over all model-parallel ranks (a 0-dim fp32 device tensor, never read here);
+    grads are scaled by min(1, max_norm / (norm + 1e-6)) when max_norm > 0, on the device."""
+    counted = [p.grad for name, p in stage.named_parameters()
+               if p.grad is not None and _counts_for_norm(stage, name, p, pstate.tp_rank)]
+    if counted:
+        norms = torch._foreach_norm(counted, 2, dtype=torch.float32)
+        sq = torch.stack(norms).square().sum()
+    else:
+        sq = torch.zeros((), dtype=torch.float32, device=pstate.device)
     if pstate.mp.group is not None:
         dist.all_reduce(sq, group=pstate.mp.group)
-    norm = sq.sqrt().item()
-    if max_norm > 0 and norm > max_norm:
-        coeff = max_norm / (norm + 1e-6)
+    norm = sq.sqrt()
+    if max_norm > 0:
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
+        coeff = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0).float()
         torch._foreach_mul_(grads, coeff)
     return norm
 
 
-def found_inf_or_nan(stage, pstate) -> bool:
-    """True on every rank if any rank's grads have an inf or nan (checked before stepping)."""
-    flag = torch.zeros((), dtype=torch.float32, device=pstate.device)
+def unscale_and_check(stage, pstate, scale: float) -> bool:
+    """fp16: divide every grad by the loss scale and test them for inf/nan in one fused pass per
+    dtype; True on every rank if any model-parallel rank overflowed. Its one host read is the
+    step's only sync under fp16 (the optimizer, LR and loss-scale updates depend on it)."""
+    found = torch.zeros(1, dtype=torch.float32, device=pstate.device)
+    inv = torch.full((1,), 1.0 / scale, dtype=torch.float32, device=pstate.device)
+    by_dtype: dict = {}
     for p in stage.parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            flag.fill_(1.0)
-            break
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
     if pstate.mp.group is not None:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=pstate.mp.group)
-    return bool(flag.item())
+        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=pstate.mp.group)
+    return bool(found.item())
+
+
+def all_reduce_coalesced(tensors: list[torch.Tensor], group, average_over: int = 1,
+                         bucket_bytes: Optional[int] = None) -> None:
+    """Sum (then divide) tensors in place over a group after backward, in concatenated buckets
+    (the reduction before GradBuffer; kept as the reference its tests compare against)."""
+    if group is None or not tensors:
+        return
+    limit = bucket_bytes or BUCKET_BYTES
+    bucket, size = [], 0
+    for i, t in enumerate(tensors):
+        bucket.append(t)
+        size += t.numel() * t.element_size()
+        if size >= limit or i == len(tensors) - 1:
+            flat = torch.cat([x.reshape(-1) for x in bucket])
+            dist.all_reduce(flat, group=group)
+            if average_over > 1:
+                flat.div_(average_over)
+            offset = 0
+            for x in bucket:
+                x.copy_(flat[offset: offset + x.numel()].view_as(x))
+                offset += x.numel()
+            bucket, size = [], 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,7 @@ from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
 from megaclap.parallel.schedules import Microbatch, forward_backward
 from megaclap.training import telemetry
-from megaclap.training.grads import clip_grad_norm, found_inf_or_nan, sync_grads
+from megaclap.training.grads import GradBuffer, clip_grad_norm, unscale_and_check
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
 from megaclap.megatron_checks import lr_horizons
@@ -37,6 +38,16 @@ def build_stage(cfg, pstate) -> GPTStage:
     return stage.to(pstate.device)
 
 
+def compile_stage(stage: GPTStage, backend: str = "inductor", print_fn=print) -> bool:
+    """--compile: torch.compile the stage's forward in place (parameters, hooks and state_dict keys
+    unchanged; collectives inside autograd Functions become graph breaks). False where unsupported."""
+    if not torch._dynamo.is_dynamo_supported():
+        print_fn(" --compile: torch.compile is not supported on this platform; running eager")
+        return False
+    stage.compile(backend=backend)
+    return True
+
+
 def wire_dtype(optim_cfg) -> torch.dtype:
     return torch.bfloat16 if optim_cfg.bf16 else torch.float16 if optim_cfg.fp16 else torch.float32
 
@@ -46,6 +57,9 @@ class Trainer:
         self.cfg, self.ps, self.print = cfg, pstate, print_fn
         torch.manual_seed(cfg.train.seed + 100 * pstate.pp_rank)  # dropout: same within a tp group
         self.stage = build_stage(cfg, pstate)
+        self.grad_buffer = GradBuffer(self.stage, pstate, bucket_bytes=4 * cfg.parallel.ddp_bucket_size)
+        if cfg.train.compile:
+            compile_stage(self.stage, print_fn=print_fn)
         self.optimizer = build_optimizer(self.stage, cfg.optim, pstate.device)
         self.scheduler = LRScheduler(self.optimizer, cfg.optim, *lr_horizons(cfg))
         self.scaler = LossScaler(cfg.optim.fp16, cfg.optim.initial_loss_scale, cfg.optim.loss_scale,
@@ -66,7 +80,7 @@ class Trainer:
             seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage,
             shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method,
                                                                  cfg.compression.effective_bwd_method))
-        self.iteration, self.skipped, self.nans = 0, 0, 0
+        self.iteration, self.skipped, self._nans, self._nan_pending = 0, 0, 0, None
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
@@ -88,39 +102,62 @@ class Trainer:
         """Mean microbatch loss over the data-parallel group (meaningful on the last stage)."""
         if not self.ps.is_last_stage:
             return float("nan")
-        total = torch.stack(losses).sum() / len(losses)
-        if self.ps.dp.group is not None:
-            dist.all_reduce(total, group=self.ps.dp.group)
-            total /= self.ps.dp.size
-        return total.item()
+        return self._dp_mean(torch.stack(losses).sum().div(len(losses)).reshape(1))[0]
 
-    def train_step(self, batch) -> dict:
+    def _dp_mean(self, values: torch.Tensor) -> list:
+        """Average a 1-D device tensor over the data-parallel group; one collective, one host read."""
+        if self.ps.dp.group is not None:
+            dist.all_reduce(values, group=self.ps.dp.group)
+            values /= self.ps.dp.size
+        return values.tolist()
+
+    @property
+    def nans(self) -> int:
+        """Iterations with a non-finite grad norm (not skipped); read lazily (a host sync)."""
+        if self._nan_pending is not None:
+            self._nans += int(self._nan_pending.item())
+            self._nan_pending = None
+        return self._nans
+
+    @nans.setter
+    def nans(self, value: int) -> None:
+        self._nans, self._nan_pending = value, None
+
+    def train_step(self, batch, sync: bool = True, measure: Optional[bool] = None) -> dict:
+        """One optimizer step. sync=True returns host floats (loss averaged over dp, grad norm);
+        sync=False keeps them on the device, unreduced ("loss": this rank's mean microbatch
+        loss or None off the last stage), so the step makes no host sync (fp16 makes one: the
+        skip decision). measure: channels compute their telemetry error (default: sync)."""
         self.stage.train()
-        for p in self.stage.parameters():
-            p.grad = None
-        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh))
-        stats = forward_backward(self.stage, self.ps, self.p2p, self._microbatches(batch), info,
+        mbs = self._microbatches(batch)
+        self.grad_buffer.start(len(mbs))
+        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure)
+        stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
                                  loss_scale=self.scaler.scale, autocast=self.autocast)
         self.last_stats = stats
-        sync_grads(self.stage, self.ps)
+        self.grad_buffer.finish()  # dp average (mostly overlapped with backward), tied-embedding sum
         skipped = False
         if self.scaler.enabled:
-            torch._foreach_mul_([p.grad for p in self.stage.parameters()], 1.0 / self.scaler.scale)
-            skipped = found_inf_or_nan(self.stage, self.ps)
+            skipped = unscale_and_check(self.stage, self.ps, self.scaler.scale)
             self.scaler.update(skipped)
         if self.p2p is not None:  # Channel updates belong to the step (both ends agree on `skipped`)
             self.p2p.rollback() if skipped else self.p2p.commit()
-        grad_norm = float("nan") if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
+        grad_norm = None if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
         gbs = self.last_gbs = len(batch.sample_ids) * self.ps.dp_size
         if not skipped:
             self.optimizer.step()
             self.scheduler.step(gbs)
+            nan = (~torch.isfinite(grad_norm)).to(torch.int32)
+            self._nan_pending = nan if self._nan_pending is None else self._nan_pending + nan
         self.iteration += 1
         self.consumed_samples += gbs
         self.skipped += int(skipped)
-        self.nans += int(not math.isfinite(grad_norm) and not skipped)
-        return {"loss": self._mean_loss(stats.losses), "grad_norm": grad_norm, "skipped": skipped}
+        loss = torch.stack(stats.losses).sum().div(len(stats.losses)) if self.ps.is_last_stage else None
+        if not sync:
+            return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
+        return {"loss": self._dp_mean(loss.reshape(1))[0] if loss is not None else float("nan"),
+                "grad_norm": float("nan") if skipped else grad_norm.item(), "skipped": skipped}
 
     # --- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,6 +177,8 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self, checkpointer=None) -> None:
+        """Steps run without host syncs; losses and the grad norm stay on the device and are
+        reduced and read once per --log-interval (_IntervalLog.reduce), which also fills history."""
         t, log = self.cfg.train, _IntervalLog()
         while self.iteration < t.train_iters:
             try:
@@ -148,14 +187,14 @@ class Trainer:
                 if self.ps.is_logging_rank:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
                 break
+            log_step = (self.iteration + 1) % t.log_interval == 0 or self.iteration + 1 == t.train_iters
             start = time.perf_counter()
-            out = self.train_step(batch)
-            if self.ps.device.type == "cuda":
-                torch.cuda.synchronize()
-            log.add(out, time.perf_counter() - start)
-            self.history.append((self.iteration, out["loss"]))
+            out = self.train_step(batch, sync=False, measure=log_step)
+            if log_step and self.ps.device.type == "cuda":
+                torch.cuda.synchronize(self.ps.device)  # the interval's queued work ends here
+            log.add(self.iteration, out, time.perf_counter() - start)
             if self.iteration % t.log_interval == 0:
-                self._log(log)
+                self._log(log.reduce(self))
                 log = _IntervalLog()
             if self.data.valid is not None and self.iteration % t.eval_interval == 0:
                 self._log_validation(self.evaluate())
@@ -164,7 +203,7 @@ class Trainer:
             if t.exit_duration_in_mins and self._out_of_time(checkpointer):
                 break
         if log.steps:  # the last, partial interval (its bytes count too)
-            self._log(log)
+            self._log(log.reduce(self))
         self.tb.close()
 
     def _out_of_time(self, checkpointer) -> bool:
@@ -231,13 +270,31 @@ class Trainer:
 
 
 class _IntervalLog:
-    """Sums over one --log-interval."""
+    """One --log-interval: step times, and per-step losses / last grad norm as device tensors.
+
+    Step times are host wall times without a sync; on CUDA the log step synchronises before its
+    clock stops, so the interval's sum covers the queued GPU work."""
 
     def __init__(self):
-        self.steps, self.seconds, self.loss, self.grad_norm = 0, 0.0, 0.0, 0.0
+        self.steps, self.seconds, self.loss, self.grad_norm = 0, 0.0, 0.0, float("nan")
+        self._losses: list = []  # (iteration, this rank's loss tensor or None)
+        self._norm = None
 
-    def add(self, out: dict, seconds: float) -> None:
+    def add(self, iteration: int, out: dict, seconds: float) -> None:
         self.steps += 1
         self.seconds += seconds
-        self.loss += out["loss"]
-        self.grad_norm = out["grad_norm"]
+        self._losses.append((iteration, out["loss"]))
+        self._norm = out["grad_norm"]  # None on a skipped step (logged as nan)
+
+    def reduce(self, trainer: "Trainer") -> "_IntervalLog":
+        """Average the losses over dp (one collective) and read them and the norm (one sync);
+        append (iteration, loss) to trainer.history."""
+        iters = [it for it, _ in self._losses]
+        if trainer.ps.is_last_stage and self._losses:
+            values = trainer._dp_mean(torch.stack([loss for _, loss in self._losses]))
+        else:
+            values = [float("nan")] * len(iters)
+        trainer.history.extend(zip(iters, values))
+        self.loss = sum(values)
+        self.grad_norm = float("nan") if self._norm is None else self._norm.item()
+        return self
