@@ -190,6 +190,8 @@ class TrainConfig:
     """--no-load-rng: do not restore RNG states."""
     exit_interval: Optional[int] = None
     """--exit-interval: stop (after saving) when iteration % this == 0."""
+    timing_log_level: int = 0
+    """--timing-log-level: 1 adds per-step phase times (forward, backward, encode+decode, p2p wait, dp all-reduce, optimizer) to the log."""
 
 
 @dataclass

@@ -36,3 +36,47 @@ def test_fifo_wire_model():
     assert link.arrival((1, "fwd"), 1000, 5.0) == pytest.approx(6.5)   # the wire was idle again
     assert link.stats.busy_s[(1, "fwd")] == pytest.approx(3.0)
     assert link.stats.bytes == 3500 and link.stats.messages == 4
+
+
+def _timed_worker(rank, world, argv, steps):
+    import time
+    tr = make_trainer(rank, world, argv)
+    losses, times = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        losses.append(tr.train_step(tr.data.train.next_batch())["loss"])
+        times.append(time.perf_counter() - start)
+    return {"losses": losses, "times": times, "phases": dict(tr.timers.seconds), "last": tr.ps.is_last_stage,
+            "wire": tr.link.stats.busy_s if tr.link is not None else None}
+
+
+def test_wire_bound_run_follows_the_model_and_keeps_the_losses():
+    """PP=2, M=4 microbatches of 4096 bytes, a link that takes S = 0.5 s per message and no latency:
+    with compute negligible, 1F1B streams M activations back to back after a fill of pp-1
+    messages, so a step takes (M + pp - 1) * S = 2.5 s. The losses equal the unthrottled run's."""
+    s_msg, m, pp = 0.5, 4, 2
+    bw = 2 * 16 * 32 * 4 * 8 / s_msg  # bits/s: one (2, 16, 32) fp32 activation per S
+    base = tiny_args(extra=["--pipeline-model-parallel-size", "2", "--timing-log-level", "1"])
+    fast = run_ranks(_timed_worker, 2, base, 2)
+    slow = run_ranks(_timed_worker, 2, base + ["--sim-link-bandwidth", str(bw)], 2)
+    last_fast, last_slow = [r for r in fast if r["last"]][0], [r for r in slow if r["last"]][0]
+    assert last_slow["losses"] == last_fast["losses"]  # bit for bit
+    model = (m + pp - 1) * s_msg
+    step = last_slow["times"][1]
+    print(f"step {step:.3f} s, model {model:.3f} s, phases {last_slow['phases']}")
+    assert abs(step - model) <= 0.2 * model, (step, model)
+    for r in slow:  # the timers see where the time went: waiting for the link
+        assert r["phases"]["p2p-wait"] > 0.5 * sum(r["times"]), r["phases"]
+        assert sum(r["phases"].values()) <= sum(r["times"]) * 1.01
+    assert fast[0]["phases"]["forward-compute"] > 0 and fast[0]["phases"]["backward-compute"] > 0
+
+
+def test_timers_off_by_default_read_no_clock(monkeypatch):
+    from megaclap.training import timers as T
+    monkeypatch.setattr(T.time, "perf_counter", lambda: (_ for _ in ()).throw(AssertionError("clock read")))
+    t = T.Timers(0)
+    with t.phase("forward-compute"):
+        pass
+    t.start("optimizer")
+    t.stop("optimizer")
+    assert all(v == 0.0 for v in t.seconds.values())

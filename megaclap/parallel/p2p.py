@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
 from megaclap.parallel.simlink import SimLink
+from megaclap.training.timers import Timers
 
 
 def evaluation_compression(c):
@@ -115,8 +116,9 @@ class P2P:
         self.fc_init, self.store_dir = c.clapping_fc_init, c.aqsgd_store_dir
         self.channels: dict = {}
         self.stores: dict = {}
-        self.pending: list = []  # (works, tensors kept alive) of sends not yet completed
+        self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
         self.transport = dist_transport(getattr(pstate.pp, "group", None))
+        self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
 
     def _store(self, boundary: int, direction: str) -> Optional[AqsgdStore]:
         if self.methods[direction][0] != "aqsgd":
@@ -157,8 +159,9 @@ class P2P:
     def _encode(self, x: torch.Tensor, peer: int, boundary: int, direction: str, slot: int,
                 info: StepInfo, ids: torch.Tensor) -> list:
         ch = self.channel(boundary, direction, slot)
-        local = self._slice(x.detach()).to(self.dtype).contiguous()
-        payload = ch.send(local, step=info.step, fresh=info.fresh, sample_ids=ids).contiguous()
+        with self.timers.phase("encode-decode"):
+            local = self._slice(x.detach()).to(self.dtype).contiguous()
+            payload = ch.send(local, step=info.step, fresh=info.fresh, sample_ids=ids).contiguous()
         ops = [Op(True, payload, peer, (direction, slot, "payload"))]
         if self.link is not None:
             ops.append(Op(True, self.link.stamp(), peer, (direction, slot, "stamp")))
@@ -175,23 +178,24 @@ class P2P:
 
     def _group(self, ops: list, recv: Optional[_Recv], info: StepInfo) -> Optional[torch.Tensor]:
         """Issue ops as one group; wait for its receive, decode and tp-gather it."""
-        works = self.transport(ops)
-        if len(works) == len(ops):  # one work per op (gloo): only the receives block the host
-            send_works = [w for w, o in zip(works, ops) if o.send]
-            wait = [(w, o) for w, o in zip(works, ops) if not o.send]
-        else:  # one coalesced work for the group (NCCL): waiting only orders the compute stream
-            send_works, wait = [], [(w, ops[0]) for w in works]
-        if send_works:
-            self.pending.append((send_works, [o.tensor for o in ops if o.send]))
-        for work, op in wait:
-            self._wait(work, op)
-        if recv is None:
-            return None
-        if self.link is not None:
-            self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
-        ch = self.channel(recv.boundary, recv.direction, recv.slot)
-        x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
-        return self._gather(x)
+        with self.timers.phase("p2p-wait"):
+            works = self.transport(ops)
+            if len(works) == len(ops):  # one work per op (gloo): only the receives block the host
+                self.pending += [(w, o) for w, o in zip(works, ops) if o.send]
+                wait = [(w, o) for w, o in zip(works, ops) if not o.send]
+            else:  # one coalesced work for the group (NCCL): waiting only orders the compute stream
+                wait = [(w, ops[0]) for w in works]
+            for work, op in wait:
+                self._wait(work, op)
+            if recv is None:
+                return None
+            if self.link is not None:
+                self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
+        with self.timers.phase("encode-decode"):
+            ch = self.channel(recv.boundary, recv.direction, recv.slot)
+            x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
+        with self.timers.phase("p2p-wait"):
+            return self._gather(x)
 
     def _wait(self, work, op: Op) -> None:
         try:
@@ -206,9 +210,9 @@ class P2P:
 
     def wait_sends(self) -> None:
         """Complete every outstanding send (before the step ends, so buffers can be reused)."""
-        for works, _ in self.pending:
-            for w in works:
-                self._wait(w, Op(True, None, -1, ()))
+        with self.timers.phase("p2p-wait"):
+            for work, op in self.pending:
+                self._wait(work, op)
         self.pending.clear()
 
     # --- the six operations a schedule uses ---------------------------------------------

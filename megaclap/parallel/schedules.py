@@ -21,6 +21,7 @@ import torch
 from torch.autograd import Variable
 
 from megaclap.parallel.p2p import P2P, StepInfo
+from megaclap.training.timers import Timers
 
 
 @dataclass
@@ -64,8 +65,8 @@ class _Runner:
     """Forward and backward of one microbatch on this stage (compute only; no p2p)."""
 
     def __init__(self, stage, pstate, mbs: list[Microbatch], loss_scale: float, autocast: Callable,
-                 stats: ScheduleStats, grad: bool):
-        self.stage, self.ps, self.mbs = stage, pstate, mbs
+                 stats: ScheduleStats, grad: bool, timers: Timers):
+        self.stage, self.ps, self.mbs, self.timers = stage, pstate, mbs, timers
         self.scale, self.autocast, self.stats, self.grad = loss_scale, autocast, stats, grad
         self.saved: dict = {}
 
@@ -76,12 +77,12 @@ class _Runner:
         if ps.is_first_stage:
             x = mb.tokens[:, :-1]
         labels = mb.tokens[:, 1:] if ps.is_last_stage else None
-        with torch.set_grad_enabled(self.grad), self.autocast():
+        with self.timers.phase("forward-compute"), torch.set_grad_enabled(self.grad), self.autocast():
             out = self.stage(x, labels)
-        if ps.is_last_stage:
-            loss = out.float().mean()
-            self.stats.losses.append(loss.detach())
-            out = loss * (self.scale / len(self.mbs))
+            if ps.is_last_stage:
+                loss = out.float().mean()
+                self.stats.losses.append(loss.detach())
+                out = loss * (self.scale / len(self.mbs))
         if self.grad:
             self.saved[i] = (x, out)
             self.stats.push()
@@ -91,7 +92,8 @@ class _Runner:
         """grad: the output's gradient (None on the last stage). Returns the input's gradient
         to send (None on the first stage)."""
         x, out = self.saved.pop(i)
-        _backward(out, grad)
+        with self.timers.phase("backward-compute"):
+            _backward(out, grad)
         self.stats.pop()
         return None if self.ps.is_first_stage else x.grad
 
@@ -141,11 +143,12 @@ class _Comm:
 
 def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], info: StepInfo, *,
                      schedule: str = "1f1b", forward_only: bool = False, loss_scale: float = 1.0,
-                     autocast: Callable = nullcontext) -> ScheduleStats:
+                     autocast: Callable = nullcontext, timers: Optional[Timers] = None) -> ScheduleStats:
     """Run one step's microbatches through this stage; gradients accumulate in .grad
     (scaled by loss_scale / M). Returns the per-microbatch losses on the last stage."""
     stats = ScheduleStats()
-    run = _Runner(stage, pstate, mbs, loss_scale, autocast, stats, grad=not forward_only)
+    run = _Runner(stage, pstate, mbs, loss_scale, autocast, stats, grad=not forward_only,
+                  timers=timers or Timers(0))
     comm = _Comm(p2p, info, mbs, free=not forward_only)
     m, pp, r = len(mbs), pstate.pp_size, pstate.pp_rank
     if forward_only:

@@ -19,7 +19,7 @@ from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
 from megaclap.parallel import simlink
 from megaclap.parallel.schedules import Microbatch, forward_backward
-from megaclap.training import telemetry
+from megaclap.training import telemetry, timers
 from megaclap.training.grads import clip_grad_norm, found_inf_or_nan, sync_grads
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
@@ -64,6 +64,9 @@ class Trainer:
             seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage)
         self.iteration, self.skipped, self.nans = 0, 0, 0
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
+        self.timers = timers.Timers(t.timing_log_level, pstate.device)
+        if self.p2p is not None:
+            self.p2p.timers = self.timers
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
         self.comm_total = None   # summed telemetry array over the run (megaclap.training.telemetry)
 
@@ -96,9 +99,12 @@ class Trainer:
         info = StepInfo(step=self.iteration, fresh=bool(batch.fresh))
         stats = forward_backward(self.stage, self.ps, self.p2p, self._microbatches(batch), info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
-                                 loss_scale=self.scaler.scale, autocast=self.autocast)
+                                 loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
         self.last_stats = stats
+        self.timers.start("dp-allreduce")
         sync_grads(self.stage, self.ps)
+        self.timers.stop("dp-allreduce")
+        self.timers.start("optimizer")
         skipped = False
         if self.scaler.enabled:
             torch._foreach_mul_([p.grad for p in self.stage.parameters()], 1.0 / self.scaler.scale)
@@ -108,6 +114,7 @@ class Trainer:
         if not skipped:
             self.optimizer.step()
             self.scheduler.step()
+        self.timers.stop("optimizer")
         self.iteration += 1
         self.skipped += int(skipped)
         self.nans += int(not math.isfinite(grad_norm) and not skipped)
@@ -171,6 +178,7 @@ class Trainer:
     def _log(self, log: "_IntervalLog") -> None:
         comp = self.gather_telemetry()
         wire = simlink.gather(self.link, self.ps) if self.link is not None else None
+        phases = self.timers.gather(self.ps) if self.timers.level > 0 else None
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -183,6 +191,7 @@ class Trainer:
         extra = telemetry.log_fields(comp) if comp is not None else ""
         extra += f" distinct samples: {self.data.train.distinct_samples_seen} |"
         extra += simlink.log_fields(wire, log.steps) if wire is not None else ""
+        extra += timers.log_fields(phases, log.steps) if phases is not None else ""
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
@@ -193,6 +202,8 @@ class Trainer:
             self.tb.scalars(telemetry.tb_scalars(comp), self.iteration, samples, vs_samples=False)
         if wire is not None:
             self.tb.scalars(simlink.tb_scalars(wire, log.steps), self.iteration, samples, vs_samples=False)
+        if phases is not None:
+            self.tb.scalars(timers.tb_scalars(phases, log.steps), self.iteration, samples, vs_samples=False)
         self.tb.scalars({"distinct-samples": self.data.train.distinct_samples_seen}, self.iteration, samples,
                         vs_samples=False)
 
