@@ -53,6 +53,8 @@ class _ToyStage(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(SHAPE[2]))
 
     def forward(self, x, labels=None):
+        if getattr(self, "events", None) is not None:
+            self.events.append(("compute", []))
         if self.first:
             x = x.float().unsqueeze(-1) * self.w
         y = x * self.w
@@ -118,6 +120,9 @@ class _FakeP2P:
 
     def send_backward_recv_forward(self, g, slot, info, ids, recv_slot, recv_ids):
         return self._group(self._ops(True, "bwd", slot) + self._ops(False, "fwd", recv_slot))
+
+    def post_recv(self, direction, slot, info, ids):
+        pass  # a stream-ordered backend posts no receive early
 
     def wait_sends(self):
         pass
@@ -219,6 +224,91 @@ def test_stamps_of_a_simulated_link_travel_in_the_same_group():
         mbs = [Microbatch(torch.zeros(1, 3, dtype=torch.long), torch.tensor([i])) for i in range(4)]
         forward_backward(_ToyStage(r == 0, r == 2), ps, p2p, mbs, StepInfo(0, True))
         assert rec.groups == record_fake(3, 4, "1f1b", stamps=True)[r]
+
+
+class _EventRecorder:
+    """Fake transport keeping the host's view: ('post', ops) per group and ('wait', op) per wait."""
+
+    def __init__(self):
+        self.events: list = []
+
+    def __call__(self, ops):
+        recs = [(o.send, o.peer, o.tag, len(self.events), i) for i, o in enumerate(ops)]
+        self.events.append(("post", recs))
+        for o in ops:
+            if not o.send:
+                o.tensor.zero_()
+        return [SimpleNamespace(wait=lambda rec=rec: self.events.append(("wait", rec))) for rec in recs]
+
+
+def replay_independent(events: list) -> None:
+    """gloo's semantics: posting never blocks; a wait returns once the matching op of the peer
+    has been posted (a send waits for its receive). AssertionError on a mismatch or a stall."""
+    partner, count = {}, {}
+    for r, evs in enumerate(events):
+        for kind, payload in evs:
+            for rec in payload if kind == "post" else ():
+                send, peer, tag = rec[:3]
+                k = count[(r, send, peer)] = count.get((r, send, peer), -1) + 1
+                key = (r, peer, k) if send else (peer, r, k)
+                partner.setdefault(key, {})["send" if send else "recv"] = (r, rec)
+    other = {}
+    for key, ends in partner.items():
+        assert set(ends) == {"send", "recv"}, f"message {key} is never matched"
+        assert ends["send"][1][2] == ends["recv"][1][2], f"message {key}: {ends}"
+        other[ends["send"]] = ends["recv"]
+        other[ends["recv"]] = ends["send"]
+    posted, pos = set(), [0] * len(events)
+    while any(pos[r] < len(events[r]) for r in range(len(events))):
+        progress = False
+        for r, evs in enumerate(events):
+            while pos[r] < len(evs):
+                kind, payload = evs[pos[r]]
+                if kind == "wait" and other[(r, payload)] not in posted:
+                    break
+                posted.update((r, rec) for rec in (payload if kind == "post" else ()))
+                pos[r] += 1
+                progress = True
+        assert progress, "stall: " + ", ".join(f"rank {r} at {events[r][pos[r]]}" for r in range(len(events))
+                                                if pos[r] < len(events[r]))
+
+
+def record_early(pp: int, m: int, schedule: str) -> list:
+    """Host-side events of the real schedule + P2P with receives posted early (the gloo path)
+    and a simulated link's stamps."""
+    out = []
+    for r in range(pp):
+        ps = _pstate(r, pp)
+        p2p = P2P(ps, SHAPE, torch.float32, CompressionConfig(), link=SimLink(1e12, 0.0))
+        p2p.transport, p2p.early_recv = _EventRecorder(), True
+        mbs = [Microbatch(torch.zeros(SHAPE[0], SHAPE[1] + 1, dtype=torch.long), torch.tensor([i]))
+               for i in range(m)]
+        stage = _ToyStage(r == 0, r == pp - 1)
+        stage.events = p2p.transport.events  # forward compute shows up between the p2p events
+        forward_backward(stage, ps, p2p, mbs, StepInfo(0, True), schedule=schedule)
+        out.append(p2p.transport.events)
+    return out
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_early_receives_never_stall_under_gloo_semantics(schedule):
+    for pp in (2, 3, 4, 6):
+        for m in (1, 3, 4, 8):
+            events = record_early(pp, m, schedule)
+            replay_independent(events)
+            if m > 1:  # a receive really was posted ahead: a receive-only group, then compute
+                early = [i for evs in events for i, (k, p) in enumerate(evs[:-1])
+                         if k == "post" and not any(x[0] for x in p) and evs[i + 1][0] == "compute"]
+                assert early, (pp, m)
+
+
+def test_gloo_replay_catches_a_stall():
+    a = [("post", [(False, 1, ("fwd", 0, "payload"), 0, 0)]), ("wait", (False, 1, ("fwd", 0, "payload"), 0, 0)),
+         ("post", [(True, 1, ("bwd", 0, "payload"), 2, 0)])]
+    b = [("post", [(False, 0, ("bwd", 0, "payload"), 0, 0)]), ("wait", (False, 0, ("bwd", 0, "payload"), 0, 0)),
+         ("post", [(True, 0, ("fwd", 0, "payload"), 2, 0)])]
+    with pytest.raises(AssertionError, match="stall"):
+        replay_independent([a, b])
 
 
 def _old_1f1b(pp: int, m: int) -> list:

@@ -78,6 +78,12 @@ def dist_transport(group) -> Callable:
     return run
 
 
+def _independent_ops(group) -> bool:
+    """Whether p2p operations progress independently of each other (gloo) rather than in one
+    ordered stream per peer (NCCL)."""
+    return group is not None and dist.get_backend(group) == "gloo"
+
+
 @dataclass
 class _Recv:
     buf: torch.Tensor
@@ -119,6 +125,8 @@ class P2P:
         self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
         self.transport = dist_transport(getattr(pstate.pp, "group", None))
         self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
+        self.early_recv = _independent_ops(getattr(pstate.pp, "group", None))
+        self.posted: dict = {}  # (direction, slot) -> (waits, _Recv) of receives posted early
 
     def _store(self, boundary: int, direction: str) -> Optional[AqsgdStore]:
         if self.methods[direction][0] != "aqsgd":
@@ -176,26 +184,28 @@ class P2P:
             ops.append(Op(False, stamp, peer, (direction, slot, "stamp")))
         return ops, _Recv(buf, stamp, peer, boundary, direction, slot, ids)
 
-    def _group(self, ops: list, recv: Optional[_Recv], info: StepInfo) -> Optional[torch.Tensor]:
-        """Issue ops as one group; wait for its receive, decode and tp-gather it."""
-        with self.timers.phase("p2p-wait"):
-            works = self.transport(ops)
-            if len(works) == len(ops):  # one work per op (gloo): only the receives block the host
-                self.pending += [(w, o) for w, o in zip(works, ops) if o.send]
-                wait = [(w, o) for w, o in zip(works, ops) if not o.send]
-            else:  # one coalesced work for the group (NCCL): waiting only orders the compute stream
-                wait = [(w, ops[0]) for w in works]
-            for work, op in wait:
-                self._wait(work, op)
-            if recv is None:
-                return None
-            if self.link is not None:
-                self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
-        with self.timers.phase("encode-decode"):
-            ch = self.channel(recv.boundary, recv.direction, recv.slot)
-            x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
-        with self.timers.phase("p2p-wait"):
-            return self._gather(x)
+    def _issue(self, ops: list) -> list:
+        """Post ops as one group; return the (work, op) pairs to wait for before using its data.
+        With one work per op (gloo) sends complete in the background (wait_sends)."""
+        works = self.transport(ops)
+        if len(works) == len(ops):
+            self.pending += [(w, o) for w, o in zip(works, ops) if o.send]
+            return [(w, o) for w, o in zip(works, ops) if not o.send]
+        return [(w, ops[0]) for w in works]  # one coalesced work (NCCL): orders the compute stream
+
+    def post_recv(self, direction: str, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
+        """Post microbatch `slot`'s receive ahead of the operation that consumes it, so its bytes
+        flow while this stage computes. Only where p2p operations progress independently (gloo,
+        whose sends wait for the matching receive); on a stream-ordered backend (NCCL) a receive
+        posted early would hold the later sends of its stream behind it, so there the receive
+        stays in the consuming operation's group."""
+        key = (direction, slot)
+        if not self.early_recv or key in self.posted:
+            return
+        ops, recv, _ = (self._fwd_recv if direction == "fwd" else self._bwd_recv)(slot, info, ids)
+        if ops:
+            with self.timers.phase("p2p-wait"):
+                self.posted[key] = (self._issue(ops), recv)
 
     def _wait(self, work, op: Op) -> None:
         try:
@@ -225,20 +235,44 @@ class P2P:
         return [] if ps.is_first_stage else self._encode(g, ps.prev_rank, ps.pp_rank - 1, "bwd", slot, info, ids)
 
     def _fwd_recv(self, slot, info, ids):
+        """(ops to post, the receive, waits of an early post) for microbatch slot's activation."""
         ps = self.pstate
-        return ([], None) if ps.is_first_stage else self._post(ps.prev_rank, ps.pp_rank - 1, "fwd", slot, info, ids)
+        if ps.is_first_stage:
+            return [], None, []
+        if ("fwd", slot) in self.posted:
+            waits, recv = self.posted.pop(("fwd", slot))
+            return [], recv, waits
+        return (*self._post(ps.prev_rank, ps.pp_rank - 1, "fwd", slot, info, ids), [])
 
     def _bwd_recv(self, slot, info, ids):
         ps = self.pstate
-        return ([], None) if ps.is_last_stage else self._post(ps.next_rank, ps.pp_rank, "bwd", slot, info, ids)
+        if ps.is_last_stage:
+            return [], None, []
+        if ("bwd", slot) in self.posted:
+            waits, recv = self.posted.pop(("bwd", slot))
+            return [], recv, waits
+        return (*self._post(ps.next_rank, ps.pp_rank, "bwd", slot, info, ids), [])
 
     def _run(self, sends: list, posted: tuple, info: StepInfo, leaf: bool):
-        ops, recv = posted
-        if not sends and not ops:
+        """Issue sends + receive as one group (or only the sends, the receive posted early);
+        wait for the receive, decode it and tp-gather it."""
+        ops, recv, waits = posted
+        if not sends and not ops and recv is None:
             return None
-        x = self._group(sends + ops, recv, info)
-        if x is None:
-            return None
+        with self.timers.phase("p2p-wait"):
+            if sends or ops:
+                waits = waits + self._issue(sends + ops)
+            for work, op in waits:
+                self._wait(work, op)
+            if recv is None:
+                return None
+            if self.link is not None:
+                self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
+        with self.timers.phase("encode-decode"):
+            ch = self.channel(recv.boundary, recv.direction, recv.slot)
+            x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
+        with self.timers.phase("p2p-wait"):
+            x = self._gather(x)
         # a new tensor object: the Channel may return its reference m itself, which must not
         # become an autograd leaf that accumulates .grad across steps
         return x.detach().float().requires_grad_(True) if leaf else x.float()
@@ -248,14 +282,14 @@ class P2P:
         return self._run([], self._fwd_recv(slot, info, ids), info, leaf=True)
 
     def send_forward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._run(self._fwd_send(y, slot, info, ids), ([], None), info, leaf=False)
+        self._run(self._fwd_send(y, slot, info, ids), ([], None, []), info, leaf=False)
 
     def recv_backward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Gradient of this stage's output, from the next stage."""
         return self._run([], self._bwd_recv(slot, info, ids), info, leaf=False)
 
     def send_backward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._run(self._bwd_send(g, slot, info, ids), ([], None), info, leaf=False)
+        self._run(self._bwd_send(g, slot, info, ids), ([], None, []), info, leaf=False)
 
     def send_forward_recv_backward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor,
                                    recv_slot: int, recv_ids: torch.Tensor) -> Optional[torch.Tensor]:

@@ -109,8 +109,17 @@ class _Comm:
         if self.free and y is not None:
             _free_output(y)
 
+    def _early(self, direction: str, i: int) -> None:
+        """Post the next microbatch's receive in this direction now (where the backend allows)."""
+        if i < len(self.mbs):
+            self.p2p.post_recv(direction, i, self.info, self.mbs[i].ids)
+
     def recv_forward(self, i: int):
-        return None if self.p2p is None else self.p2p.recv_forward(i, self.info, self.mbs[i].ids)
+        if self.p2p is None:
+            return None
+        x = self.p2p.recv_forward(i, self.info, self.mbs[i].ids)
+        self._early("fwd", i + 1)
+        return x
 
     def send_forward(self, y, i: int) -> None:
         if self.p2p is not None and y is not None:
@@ -118,7 +127,11 @@ class _Comm:
         self._sent(y)
 
     def recv_backward(self, i: int):
-        return None if self.p2p is None else self.p2p.recv_backward(i, self.info, self.mbs[i].ids)
+        if self.p2p is None:
+            return None
+        g = self.p2p.recv_backward(i, self.info, self.mbs[i].ids)
+        self._early("bwd", i + 1)
+        return g
 
     def send_backward(self, dx, i: int) -> None:
         if self.p2p is not None and dx is not None:
@@ -126,19 +139,20 @@ class _Comm:
 
     def send_forward_recv_backward(self, y, i: int, j: int):
         """Send microbatch i's output, receive microbatch j's output gradient (one group)."""
-        if self.p2p is None:
-            return None
-        if y is None:  # last stage: nothing to send and no gradient to receive
+        if self.p2p is None or y is None:  # last stage: nothing to send, no gradient to receive
             return None
         g = self.p2p.send_forward_recv_backward(y, i, self.info, self.mbs[i].ids, j, self.mbs[j].ids)
         self._sent(y)
+        self._early("bwd", j + 1)
         return g
 
     def send_backward_recv_forward(self, dx, j: int, i: int):
         """Send microbatch j's input gradient, receive microbatch i's input (one group)."""
         if self.p2p is None or dx is None:  # first stage: its input is token ids
             return None
-        return self.p2p.send_backward_recv_forward(dx, j, self.info, self.mbs[j].ids, i, self.mbs[i].ids)
+        x = self.p2p.send_backward_recv_forward(dx, j, self.info, self.mbs[j].ids, i, self.mbs[i].ids)
+        self._early("fwd", i + 1)
+        return x
 
 
 def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], info: StepInfo, *,
