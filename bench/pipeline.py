@@ -10,8 +10,10 @@
     step time against the ideal max(compute critical path, wire time), where the compute
     critical path is the same layout's unthrottled step time and the wire time is the busiest
     wire's serialisation time per step (bytes * 8 / bandwidth). 'before' runs the old transport
-    order (every send and receive its own operation, forward sends crossing backward sends,
-    which gloo tolerates), 'after' the paired transport.
+    order (every send and receive its own operation, posted when needed, forward sends
+    crossing backward sends, which gloo tolerates), 'after' the paired transport with early
+    receives; 'after, gpipe' the same transport under GPipe (M microbatches in flight, where
+    1F1B allows pp, so a slow link's round trips are not exposed).
 
     python -m bench.pipeline [--steps 3] [--sections schedule memory simlink] [--out bench/results/pipeline.json]
 """
@@ -102,6 +104,8 @@ def _sim_worker(rank, world, argv, steps, transport):
     if transport == "before":
         _CrossingComm.install()  # in the forked rank only
     tr = make_trainer(rank, world, argv)
+    if transport == "before":
+        tr.p2p.early_recv = False  # the old transport posted every receive when it needed it
     batch = tr.data.train.next_batch()
     tr.train_step(batch)  # warm-up
     if tr.link is not None:
@@ -121,8 +125,9 @@ def simlink_section(steps: int, bandwidth: str, latency: str) -> list:
         argv = _args(pp, 8)
         compute = max(r["step_s"] for r in run_ranks(_sim_worker, pp, argv, steps, "after"))
         link = ["--sim-link-bandwidth", bandwidth, "--sim-link-latency", latency]
-        for transport in ("before", "after"):
-            res = run_ranks(_sim_worker, pp, argv + link, steps, transport)
+        for transport in ("before", "after", "after, gpipe"):
+            extra = ["--pipeline-schedule", "gpipe"] if "gpipe" in transport else []
+            res = run_ranks(_sim_worker, pp, argv + link + extra, steps, transport, timeout_s=900)
             step, wire = max(r["step_s"] for r in res), max(r["wire_busy_s"] for r in res)
             ideal = max(compute, wire)
             rows.append({"pp": pp, "M": 8, "transport": transport, "bandwidth": bandwidth, "latency": latency,
@@ -136,7 +141,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--sections", nargs="+", default=["schedule", "memory", "simlink"],
                     choices=["schedule", "memory", "simlink"])
-    ap.add_argument("--sim-link-bandwidth", default="10mbit")
+    ap.add_argument("--sim-link-bandwidth", default="2mbit")
     ap.add_argument("--sim-link-latency", default="5ms")
     ap.add_argument("--out", default="bench/results/pipeline.json")
     a = ap.parse_args()
