@@ -151,16 +151,24 @@ class _Trace:
         return self._msg(False, "bwd", j)
 
     def send_forward(self, y, i):
-        y is not None and self._msg(True, "fwd", i)
+        if y is not None:
+            self._msg(True, "fwd", i)
 
     def send_backward(self, dx, j):
-        dx is not None and self._msg(True, "bwd", j)
+        if dx is not None:
+            self._msg(True, "bwd", j)
 
     def send_forward_recv_backward(self, y, i, j):
-        return None if y is None else (self._msg(True, "fwd", i), self._msg(False, "bwd", j))[1]
+        if y is None:
+            return None
+        self._msg(True, "fwd", i)
+        return self._msg(False, "bwd", j)
 
     def send_backward_recv_forward(self, dx, j, i):
-        return None if dx is None else (self._msg(True, "bwd", j), self._msg(False, "fwd", i))[1]
+        if dx is None:
+            return None
+        self._msg(True, "bwd", j)
+        return self._msg(False, "fwd", i)
 
 
 def schedule_model(pp: int, m: int, schedule: str, s_msg: float, latency: float, c_mb: float) -> float:
