@@ -6,8 +6,16 @@
     measured alone in the same run.
 (2) Peak activation bytes per stage of 1F1B vs GPipe at M=8: the peak number of microbatches
     in flight (instrumented in the schedule) times the bytes autograd saves per microbatch.
+(3) Simulated slow link (--sim-link-bandwidth/--sim-link-latency), 1F1B at M=8, PP=2 and PP=4:
+    step time against the ideal max(compute critical path, wire time), where the compute
+    critical path is the same layout's unthrottled step time and the wire time is the busiest
+    wire's serialisation time per step (bytes * 8 / bandwidth). 'before' runs the old transport
+    order (every send and receive its own operation, posted when needed, forward sends
+    crossing backward sends, which gloo tolerates), 'after' the paired transport with early
+    receives; 'after, gpipe' the same transport under GPipe (M microbatches in flight, where
+    1F1B allows pp, so a slow link's round trips are not exposed).
 
-    python -m bench.pipeline [--steps 3] [--out bench/results/pipeline.json]
+    python -m bench.pipeline [--steps 3] [--sections schedule memory simlink] [--out bench/results/pipeline.json]
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import time
 
 import torch
 
+from megaclap.parallel.simlink import parse_latency
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer
 
@@ -73,35 +82,213 @@ def stage_time_per_microbatch(pp: int, steps: int) -> float:
     return res["step_s"]
 
 
+class _CrossingComm:
+    """Bench only: the transport order before the paired operations (gloo tolerates it)."""
+
+    @staticmethod
+    def install():
+        from megaclap.parallel import schedules
+
+        class Crossing(schedules._Comm):
+            def send_forward_recv_backward(self, y, i, j):
+                self.send_forward(y, i)
+                return self.recv_backward(j)
+
+            def send_backward_recv_forward(self, dx, j, i):
+                self.send_backward(dx, j)
+                return self.recv_forward(i)
+
+        schedules._Comm = Crossing
+
+
+def _sim_worker(rank, world, argv, steps, transport):
+    if transport == "before":
+        _CrossingComm.install()  # in the forked rank only
+    tr = make_trainer(rank, world, argv)
+    if transport == "before":
+        tr.p2p.early_recv = False  # the old transport posted every receive when it needed it
+    batch = tr.data.train.next_batch()
+    tr.train_step(batch)  # warm-up
+    if tr.link is not None:
+        tr.link.stats.busy_s.clear()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        tr.train_step(batch)
+        times.append(time.perf_counter() - start)
+    busy = max(tr.link.stats.busy_s.values(), default=0.0) / steps if tr.link is not None else 0.0
+    return {"step_s": statistics.median(times), "wire_busy_s": busy}
+
+
+class _Trace:
+    """Runner + comm stand-in that records one stage's schedule as (compute | send | recv) actions."""
+
+    def __init__(self, r: int, pp: int, cf: float, cb: float):
+        from megaclap.parallel.schedules import ScheduleStats
+        self.r, self.pp, self.cf, self.cb, self.acts, self.stats = r, pp, cf, cb, [], ScheduleStats()
+
+    def _msg(self, send: bool, d: str, i: int):
+        peer = self.r + 1 if (d == "fwd") == send else self.r - 1
+        if 0 <= peer < self.pp:
+            src, dst = (self.r, peer) if send else (peer, self.r)
+            self.acts.append(("send" if send else "recv", (src, dst, d, i)))
+        return 1
+
+    def forward(self, i, x):
+        self.stats.push()
+        self.acts.append(("compute", self.cf))
+        return None if self.r == self.pp - 1 else 1
+
+    def backward(self, j, g):
+        self.stats.pop()
+        self.acts.append(("compute", self.cb))
+        return None if self.r == 0 else 1
+
+    def recv_forward(self, i):
+        return self._msg(False, "fwd", i)
+
+    def recv_backward(self, j):
+        return self._msg(False, "bwd", j)
+
+    def send_forward(self, y, i):
+        if y is not None:
+            self._msg(True, "fwd", i)
+
+    def send_backward(self, dx, j):
+        if dx is not None:
+            self._msg(True, "bwd", j)
+
+    def send_forward_recv_backward(self, y, i, j):
+        if y is None:
+            return None
+        self._msg(True, "fwd", i)
+        return self._msg(False, "bwd", j)
+
+    def send_backward_recv_forward(self, dx, j, i):
+        if dx is None:
+            return None
+        self._msg(True, "bwd", j)
+        return self._msg(False, "fwd", i)
+
+
+def schedule_model(pp: int, m: int, schedule: str, s_msg: float, latency: float, c_mb: float) -> float:
+    """Step time the wire model predicts for this schedule: every stage's actions in order,
+    compute c_mb per microbatch and stage (1/3 forward, 2/3 backward), messages over FIFO wires
+    (start = max(wire free, sent), arrival = start + s_msg + latency), as megaclap.parallel.simlink."""
+    from megaclap.parallel.schedules import _gpipe, _one_f_one_b
+    acts = []
+    for r in range(pp):
+        t = _Trace(r, pp, c_mb / 3, 2 * c_mb / 3)
+        (_gpipe(t, t, m, t.stats) if schedule == "gpipe" else _one_f_one_b(t, t, m, pp, r, t.stats))
+        acts.append(t.acts)
+    clock, pos, sent, wire = [0.0] * pp, [0] * pp, {}, {}
+    while any(pos[r] < len(acts[r]) for r in range(pp)):
+        progressed = False
+        for r in range(pp):
+            while pos[r] < len(acts[r]):
+                kind, arg = acts[r][pos[r]]
+                if kind == "compute":
+                    clock[r] += arg
+                elif kind == "send":
+                    sent[arg] = clock[r]
+                elif arg not in sent:
+                    break
+                else:
+                    key = (arg[0], arg[2])
+                    start = max(wire.get(key, 0.0), sent[arg])
+                    wire[key] = start + s_msg
+                    clock[r] = max(clock[r], start + s_msg + latency)
+                pos[r] += 1
+                progressed = True
+        assert progressed, "the schedule model stalled"
+    return max(clock)
+
+
+def simlink_section(steps: int, bandwidth: str, latency: str) -> list:
+    rows = []
+    for pp in (2, 4):
+        argv = _args(pp, 8)
+        compute = max(r["step_s"] for r in run_ranks(_sim_worker, pp, argv, steps, "after"))
+        link = ["--sim-link-bandwidth", bandwidth, "--sim-link-latency", latency]
+        for transport in ("before", "after", "after, gpipe"):
+            schedule = "gpipe" if "gpipe" in transport else "1f1b"
+            res = run_ranks(_sim_worker, pp, argv + link + ["--pipeline-schedule", schedule], steps, transport,
+                            timeout_s=900)
+            step, wire = max(r["step_s"] for r in res), max(r["wire_busy_s"] for r in res)
+            ideal = max(compute, wire)
+            model = schedule_model(pp, 8, schedule, wire / 8, parse_latency(latency), compute / (8 + pp - 1))
+            rows.append({"pp": pp, "M": 8, "transport": transport, "bandwidth": bandwidth, "latency": latency,
+                         "step_s": step, "compute_s": compute, "wire_s": wire, "ideal_s": ideal,
+                         "over_ideal": step / ideal - 1, "schedule_model_s": model, "over_model": step / model - 1})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--sections", nargs="+", default=["schedule", "memory", "simlink"],
+                    choices=["schedule", "memory", "simlink"])
+    ap.add_argument("--sim-link-bandwidth", default="2mbit")
+    ap.add_argument("--sim-link-latency", default="5ms")
     ap.add_argument("--out", default="bench/results/pipeline.json")
     a = ap.parse_args()
-    rows, mem = [], []
+    results = {}
+    if os.path.exists(a.out):  # sections not run keep their previous results
+        with open(a.out) as f:
+            results = json.load(f)
+    if "schedule" in a.sections:
+        results["step_time"] = schedule_section(a.steps)
+    if "memory" in a.sections:
+        results["activation_memory"] = memory_section()
+    if "simlink" in a.sections:
+        results["simulated_link"] = simlink_section(a.steps, a.sim_link_bandwidth, a.sim_link_latency)
+    print_tables(results)
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, a.out)
+
+
+def schedule_section(steps: int) -> list:
+    rows = []
     for pp in (2, 4):
-        t_mb = stage_time_per_microbatch(pp, a.steps)
+        t_mb = stage_time_per_microbatch(pp, steps)
         for m in (1, 2, 4, 8, 16):
-            res = run_ranks(_worker, pp, _args(pp, m), a.steps)
+            res = run_ranks(_worker, pp, _args(pp, m), steps)
             step = max(r["step_s"] for r in res)
             rows.append({"pp": pp, "M": m, "step_s": step, "ideal_bubble": (pp - 1) / (m + pp - 1),
                          "measured_bubble": max(0.0, 1 - m * t_mb / step), "t_mb_s": t_mb})
+    return rows
+
+
+def memory_section() -> list:
+    mem = []
     for schedule in ("1f1b", "gpipe"):
         res = run_ranks(_worker, 4, _args(4, 8, schedule), 1)
         for r in sorted(res, key=lambda r: r["stage"]):
             mem.append({"schedule": schedule, "stage": r["stage"], "peak_in_flight": r["peak"],
                         "peak_activation_bytes": r["peak"] * r["act_bytes"]})
+    return mem
+
+
+def print_tables(results: dict) -> None:
     print("| PP | M | step time (ms) | ideal bubble (p-1)/(M+p-1) | measured bubble |")
     print("|---|---|---|---|---|")
-    for r in rows:
+    for r in results.get("step_time", []):
         print(f"| {r['pp']} | {r['M']} | {r['step_s'] * 1e3:.1f} | {r['ideal_bubble']:.3f} | {r['measured_bubble']:.3f} |")
     print("\n| schedule (PP=4, M=8) | stage | microbatches in flight (peak) | peak activation MiB |")
     print("|---|---|---|---|")
-    for r in mem:
+    for r in results.get("activation_memory", []):
         print(f"| {r['schedule']} | {r['stage']} | {r['peak_in_flight']} | {r['peak_activation_bytes'] / 2**20:.1f} |")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"step_time": rows, "activation_memory": mem}, f, indent=1)
+    print("\n| PP (M=8) | link | transport | step (ms) | compute critical path (ms) | wire time (ms) |"
+          " ideal max(compute, wire) (ms) | over ideal | schedule's wire model (ms) | over model |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results.get("simulated_link", []):
+        print(f"| {r['pp']} | {r['bandwidth']}, {r['latency']} | {r['transport']} | {r['step_s'] * 1e3:.0f} |"
+              f" {r['compute_s'] * 1e3:.0f} | {r['wire_s'] * 1e3:.0f} | {r['ideal_s'] * 1e3:.0f} |"
+              f" {r['over_ideal'] * 100:+.1f}% | {r.get('schedule_model_s', float('nan')) * 1e3:.0f} |"
+              f" {r.get('over_model', float('nan')) * 100:+.1f}% |")
 
 
 if __name__ == "__main__":

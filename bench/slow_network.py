@@ -26,6 +26,14 @@ evaluation; the unthrottled runs are the long ones.
 
     sudo .venv/bin/python -m bench.slow_network          # 36 min on 2 shared CPU cores
     sudo .venv/bin/python -m bench.slow_network --quick  # smoke run, ~2 min
+
+--crosscheck validates the simulated link of the p2p layer (--sim-link-bandwidth/-latency)
+against real namespaces: PP=2, `none`, the same training over netsim at 20mbit / 10 ms, and
+over an unthrottled netsim link with --sim-link-bandwidth 20mbit --sim-link-latency 10ms
+(plus an unthrottled run without it, for the compute time); robust step times side by side,
+JSON in bench/results/simlink_crosscheck.json (target: within 15%).
+
+    sudo .venv/bin/python -m bench.slow_network --crosscheck   # ~3 min
 """
 from __future__ import annotations
 
@@ -228,10 +236,34 @@ def plot(rows: list[dict], a, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def crosscheck(a, rate: str = "20mbit", delay: str = "10ms") -> dict:
+    """The same PP=2 run over a real (netsim) link and over the simulated link; step times."""
+    steps = a.warmup + a.steps
+    args = train_args(MODEL, 2, steps, a.eval_iters, ["--pp-compression-method", "none"])
+    runs = {"netsim": (rate, delay, []), "sim-link": (None, None, ["--sim-link-bandwidth", rate,
+                                                                   "--sim-link-latency", delay]),
+            "unthrottled": (None, None, [])}
+    out = {"rate": rate, "delay": delay, "model": MODEL, "warmup": a.warmup, "steps": a.steps}
+    for name, (r, d, extra) in runs.items():
+        res = netsim.run_cluster(2, args + extra, rate=r, delay=d, out_dir=os.path.join(a.run_dir, f"crosscheck_{name}"),
+                                 timeout=1200)
+        log = parse_log(res["logs"][-1])
+        ok = all(c == 0 for c in res["exit_codes"]) and len(log["steps"]) == steps
+        timed = [x["ms"] for x in log["steps"][a.warmup:]]
+        out[name] = {"ok": ok, "step_ms": timed, "median_step_ms": statistics.median(timed) if ok else None,
+                     "final_loss": log["steps"][-1]["loss"] if log["steps"] else None, "link_kind": res["kind"]}
+        print(f"  {name:>11}: median step {out[name]['median_step_ms']} ms ({res['kind']})", flush=True)
+    if out["netsim"]["ok"] and out["sim-link"]["ok"]:
+        out["sim_vs_netsim"] = out["sim-link"]["median_step_ms"] / out["netsim"]["median_step_ms"] - 1
+        out["losses_equal"] = out["sim-link"]["final_loss"] == out["netsim"]["final_loss"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep, write JSON + PNG, print the tables and the target's verdict."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small model, PP=2, two links, 3 runs")
+    ap.add_argument("--crosscheck", action="store_true", help="simulated link vs netsim at PP=2, 20mbit, 10ms")
     ap.add_argument("--pp", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--networks", nargs="+", default=[n for n, _ in NETWORKS])
     ap.add_argument("--runs", nargs="+", default=[r[0] for r in RUNS])
@@ -243,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default="runs/slow_network", help="node logs per run")
     ap.add_argument("--out", default=None, help="JSON (default bench/results/slow_network[_quick].json)")
     a = ap.parse_args(argv)
+    if a.crosscheck:
+        result = crosscheck(a)
+        path = a.out or "bench/results/simlink_crosscheck.json"
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("netsim", "sim-link", "unthrottled")}))
+        return 0
     model = MODEL
     if a.quick:
         model, a.pp, a.networks, a.runs = QUICK_MODEL, [2], ["50mbit", "unthrottled"], ["none", "none p=0.5", "clapping-fc"]

@@ -116,6 +116,17 @@ class ParallelConfig:
     """--distributed-backend: gloo or nccl; default from the device (nccl on CUDA, gloo on CPU)."""
     ddp_bucket_size: int = 8 * 2**20
     """--ddp-bucket-size: gradient elements per data-parallel all-reduce bucket (smaller: earlier overlap)."""
+    sim_link_bandwidth: Optional[str] = None
+    """--sim-link-bandwidth: simulate inter-stage links of this rate (200mbit, 1gbit, or bits/s); off when unset."""
+    sim_link_latency: Optional[str] = None
+    """--sim-link-latency: one-way latency of the simulated links (50ms, 0.05s, or seconds)."""
+
+    def __post_init__(self):
+        from megaclap.parallel.simlink import parse_bandwidth, parse_latency
+        if self.sim_link_bandwidth is not None:
+            parse_bandwidth(self.sim_link_bandwidth)
+        if self.sim_link_latency is not None:
+            parse_latency(self.sim_link_latency)
 
 
 @dataclass
@@ -229,6 +240,8 @@ class TrainConfig:
     """--exit-duration-in-mins: stop (after saving) once the run has lasted this long."""
     compile: bool = False
     """--compile: torch.compile each pipeline stage (off by default; eager where unsupported)."""
+    timing_log_level: int = 0
+    """--timing-log-level: 1 adds per-step phase times (forward, backward, encode+decode, p2p wait, dp all-reduce, optimizer) to the log."""
 
 
 @dataclass

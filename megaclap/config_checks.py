@@ -118,6 +118,9 @@ def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
     _check_choices(cfg)
     _check_model(cfg, tp)
     _check_layers(cfg, pp)
+    _check(pp == 1 or cfg.model.seq_length % tp == 0,
+           f"--seq-length {cfg.model.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
+           "(pipeline boundaries are split across tp ranks by sequence)")
     _check_batches(cfg, dp)
     _check_precision(cfg)
     check_megatron_args(cfg, tp, pp, dp)

@@ -12,7 +12,7 @@ import argparse
 SWITCH, VALUE, VALUES = "switch", "value", "values"   # no value, one value, one or more values
 
 _FUSION = "megaclap runs plain PyTorch ops (no fused kernels to switch)"
-_TIMERS = "megaclap has no Megatron timers; the log line carries the iteration time"
+_TIMERS = "megaclap's per-phase timers are --timing-log-level 1 (log line and TensorBoard)"
 _PROFILE = "megaclap has no profiler hooks; run it under nsys or torch.profiler"
 _WANDB = "megaclap logs to TensorBoard only (--tensorboard-dir)"
 
@@ -37,7 +37,7 @@ NO_EFFECT = {
                                            "per-token mean is the per-microbatch mean used here"),
     "--accumulate-allreduce-grads-in-fp32": (SWITCH, "gradients are always accumulated and all-reduced in fp32"),
     "--grad-reduce-in-bf16": (SWITCH, "gradients are all-reduced in fp32 (more precise, same meaning)"),
-    "--overlap-grad-reduce": (SWITCH, "gradients are all-reduced after the backward pass (same result)"),
+    "--overlap-grad-reduce": (SWITCH, "the data-parallel all-reduce always overlaps backward (--ddp-bucket-size)"),
     "--overlap-param-gather": (SWITCH, "there is no distributed optimizer, so no parameter all-gather to overlap"),
     "--no-async-tensor-model-parallel-allreduce": (SWITCH, "tensor-parallel all-reduces are synchronous"),
     "--manual-gc": (SWITCH, "Python's garbage collector runs as usual"),
@@ -56,7 +56,6 @@ NO_EFFECT = {
     "--log-memory-to-tensorboard": (SWITCH, "megaclap does not log memory to TensorBoard"),
     "--log-validation-ppl-to-tensorboard": (SWITCH, "the validation perplexity is always logged"),
     "--log-world-size-to-tensorboard": (SWITCH, "the layout is printed at start-up"),
-    "--timing-log-level": (VALUE, _TIMERS),
     "--timing-log-option": (VALUE, _TIMERS),
     "--barrier-with-L1-time": (SWITCH, _TIMERS),
     "--profile": (SWITCH, _PROFILE),

@@ -89,4 +89,5 @@ def test_stuck_peer_times_out():
     out = run_ranks(_stuck_worker, 2, argv, timeout_s=60)
     assert out[0][0] == "error", out[0]
     assert "timeout" in out[0][2].lower() or "timed out" in out[0][2].lower(), out[0]
+    assert "rank 1 did not complete" in out[0][2] and "--distributed-timeout-minutes" in out[0][2], out[0]
     assert out[0][3] < 25, f"took {out[0][3]:.1f}s to fail"

@@ -5,21 +5,39 @@ their gradients backward (b+1 -> b). There is one Channel per (boundary, directi
 microbatch slot) on each of the two ranks of a boundary; the sender's Channel encodes, the
 receiver's decodes, and stateful methods keep identical references on both sides.
 
-Shapes are fixed per run (micro batch, seq, hidden), so receive buffers come preallocated
-from the Channel (their size may differ from the dense tensor's) and no shape handshake is
-needed. Sends are asynchronous; every wait has the --distributed-timeout-minutes timeout.
+Transport (the way NCCL needs it, as Megatron-LM does): every operation below is ONE
+`batch_isend_irecv` group. 1F1B's steady state uses the combined operations
+send_forward_recv_backward / send_backward_recv_forward, so a send and the opposite-direction
+receive between two stages always go out together and never cross (an unbatched send may
+block until its receive is posted). A group's receives are waited for before their tensors are
+used; its sends complete in the background (wait_sends() at the end of the step). There is no
+host-side timed wait: a peer that never answers fails the pipeline group's own timeout
+(--distributed-timeout-minutes), re-raised naming that peer.
+
+Tensor-parallel split boundary: with tp > 1 the boundary tensor (b, s, h) is identical on every
+tp rank, so tp rank t encodes and sends only its sequence slice [:, t*s/tp:(t+1)*s/tp] to the
+same tp rank of the neighbouring stage, and the receiver all-gathers the slices within its tp
+group. Inter-stage bytes do not grow with tp; Channels (and their references) hold the slice.
+The gradient of the gathered input is identical on all tp ranks (the first tp layer's
+copy_to_tp all-reduces it), so each tp rank sends back the same slice of it.
+
+Shapes are fixed per run, so receive buffers come preallocated from the Channel and no shape
+handshake is needed. With a simulated link (megaclap.parallel.simlink) each payload travels with
+the sender's clock and the receiver waits for its simulated arrival.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
 from megaclap.compression.store import store_path
+from megaclap.parallel.simlink import SimLink
+from megaclap.training.timers import Timers
 
 
 def evaluation_compression(c):
@@ -39,24 +57,78 @@ class StepInfo:
     measure: bool = True  # senders compute their telemetry error (the trainer: log steps only)
 
 
+@dataclass
+class Op:
+    """One point-to-point operation of a group: send or receive `tensor` to/from global `peer`.
+    `tag` (direction, slot, part) names the message; transports may ignore it."""
+
+    send: bool
+    tensor: torch.Tensor
+    peer: int
+    tag: tuple
+
+
+class PeerTimeout(RuntimeError):
+    """A pipeline neighbour did not answer within --distributed-timeout-minutes."""
+
+
+def dist_transport(group) -> Callable:
+    """The real transport: one batch_isend_irecv group on the pipeline process group."""
+    def run(ops: list) -> list:
+        return dist.batch_isend_irecv([dist.P2POp(dist.isend if o.send else dist.irecv, o.tensor, o.peer,
+                                                  group=group) for o in ops])
+    return run
+
+
+def _independent_ops(group) -> bool:
+    """Whether p2p operations progress independently of each other (gloo) rather than in one
+    ordered stream per peer (NCCL)."""
+    return group is not None and dist.get_backend(group) == "gloo"
+
+
+@dataclass
+class _Recv:
+    buf: torch.Tensor
+    stamp: Optional[torch.Tensor]
+    peer: int
+    boundary: int
+    direction: str
+    slot: int
+    ids: torch.Tensor
+
+
 class P2P:
     """Send/recv activations and gradients of one stage, through Channels.
 
     method/bwd_method/fwd_codec/bwd_codec: see megaclap.compression; method 'none' sends the
-    dense tensor itself (bit-identical to uncompressed training).
+    dense tensor itself (bit-identical to uncompressed training). shape is the full boundary
+    tensor (b, s, h); with tp > 1 Channels hold (b, s/tp, h). Operations involving a missing
+    neighbour (recv_forward on the first stage, ...) do nothing and return None.
     """
 
-    def __init__(self, pstate, shape: tuple, wire_dtype: torch.dtype, compression, seed: int = 0):
+    def __init__(self, pstate, shape: tuple, wire_dtype: torch.dtype, compression, seed: int = 0,
+                 link: Optional[SimLink] = None):
         from megaclap.compression.channels import default_bwd_method
         from megaclap.compression.codecs import parse_codec
-        self.pstate, self.shape, self.dtype, self.seed = pstate, tuple(shape), wire_dtype, seed
+        self.pstate, self.dtype, self.link = pstate, wire_dtype, link
+        self.full_shape, self.tp = tuple(shape), pstate.tp_size
+        b, s, h = self.full_shape
+        if s % self.tp:
+            raise ValueError(f"--seq-length {s} is not divisible by --tensor-model-parallel-size {self.tp} "
+                             "(the pipeline boundary is split across tp ranks by sequence)")
+        self.shape = (b, s // self.tp, h)  # this tp rank's slice of the boundary tensor
+        self.seed = seed + 1_000_003 * pstate.tp_rank  # tp slices draw independent codec randomness
         c = compression
         bwd = c.bwd_method or default_bwd_method(c.method)
         self.methods = {"fwd": (c.method, parse_codec(c.fwd_codec)), "bwd": (bwd, parse_codec(c.bwd_codec))}
         self.fc_init, self.store_dir = c.clapping_fc_init, c.aqsgd_store_dir
         self.channels: dict = {}
         self.stores: dict = {}
-        self.pending: list = []  # (work, payload) of sends not yet completed
+        self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
+        self.transport = dist_transport(getattr(pstate.pp, "group", None))
+        self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
+        self.early_recv = _independent_ops(getattr(pstate.pp, "group", None))
+        self.posted: dict = {}  # (direction, slot) -> (waits, _Recv) of receives posted early
 
     def _store(self, boundary: int, direction: str) -> Optional[AqsgdStore]:
         if self.methods[direction][0] != "aqsgd":
@@ -78,46 +150,162 @@ class P2P:
                                          seed=self.seed)
         return self.channels[key]
 
-    # --- primitives --------------------------------------------------------------------
-    def _send(self, x: torch.Tensor, peer: int, boundary: int, direction: str, slot: int,
-              info: StepInfo, ids: torch.Tensor) -> None:
-        ch = self.channel(boundary, direction, slot)
-        payload = ch.send(x.detach().to(self.dtype), step=info.step, fresh=info.fresh, sample_ids=ids,
-                          measure=info.measure)
-        payload = payload.contiguous()
-        self.pending = [(w, p) for w, p in self.pending if not w.is_completed()]  # free sent buffers
-        self.pending.append((dist.isend(payload, peer), payload))
+    # --- building blocks -----------------------------------------------------------------
+    def _slice(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp == 1:
+            return x
+        n = self.shape[1]
+        return x[:, self.pstate.tp_rank * n:(self.pstate.tp_rank + 1) * n]
 
-    def _recv(self, peer: int, boundary: int, direction: str, slot: int, info: StepInfo,
-              ids: torch.Tensor) -> torch.Tensor:
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, s/tp, h) slices of the tp group -> (b, s, h)."""
+        if self.tp == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.tp)]
+        dist.all_gather(parts, x.contiguous(), group=self.pstate.tp.group)
+        return torch.cat(parts, dim=1)
+
+    def _encode(self, x: torch.Tensor, peer: int, boundary: int, direction: str, slot: int,
+                info: StepInfo, ids: torch.Tensor) -> list:
         ch = self.channel(boundary, direction, slot)
-        buf = ch.empty_payload(fresh=info.fresh, sample_ids=ids)
-        dist.irecv(buf, peer).wait(timeout=self.pstate.timeout)
-        return ch.recv(buf, step=info.step, fresh=info.fresh, sample_ids=ids)
+        with self.timers.phase("encode-decode"):
+            local = self._slice(x.detach()).to(self.dtype).contiguous()
+            payload = ch.send(local, step=info.step, fresh=info.fresh, sample_ids=ids,
+                              measure=info.measure).contiguous()
+        ops = [Op(True, payload, peer, (direction, slot, "payload"))]
+        if self.link is not None:
+            ops.append(Op(True, self.link.stamp(), peer, (direction, slot, "stamp")))
+        return ops
+
+    def _post(self, peer: int, boundary: int, direction: str, slot: int, info: StepInfo,
+              ids: torch.Tensor) -> tuple[list, _Recv]:
+        buf = self.channel(boundary, direction, slot).empty_payload(fresh=info.fresh, sample_ids=ids)
+        stamp = self.link.empty_stamp() if self.link is not None else None
+        ops = [Op(False, buf, peer, (direction, slot, "payload"))]
+        if stamp is not None:
+            ops.append(Op(False, stamp, peer, (direction, slot, "stamp")))
+        return ops, _Recv(buf, stamp, peer, boundary, direction, slot, ids)
+
+    def _issue(self, ops: list) -> list:
+        """Post ops as one group; return the (work, op) pairs to wait for before using its data.
+        With one work per op (gloo) sends complete in the background (wait_sends)."""
+        works = self.transport(ops)
+        if len(works) == len(ops):
+            self.pending += [(w, o) for w, o in zip(works, ops) if o.send]
+            return [(w, o) for w, o in zip(works, ops) if not o.send]
+        return [(w, ops[0]) for w in works]  # one coalesced work (NCCL): orders the compute stream
+
+    def post_recv(self, direction: str, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
+        """Post microbatch `slot`'s receive ahead of the operation that consumes it, so its bytes
+        flow while this stage computes. Only where p2p operations progress independently (gloo,
+        whose sends wait for the matching receive); on a stream-ordered backend (NCCL) a receive
+        posted early would hold the later sends of its stream behind it, so there the receive
+        stays in the consuming operation's group."""
+        key = (direction, slot)
+        if not self.early_recv or key in self.posted:
+            return
+        ops, recv, _ = (self._fwd_recv if direction == "fwd" else self._bwd_recv)(slot, info, ids)
+        if ops:
+            with self.timers.phase("p2p-wait"):
+                self.posted[key] = (self._issue(ops), recv)
+
+    def _wait(self, work, op: Op) -> None:
+        try:
+            work.wait()  # no timeout argument: the pipeline group's --distributed-timeout-minutes
+        except RuntimeError as e:
+            minutes = self.pstate.timeout.total_seconds() / 60
+            what = "send to" if op.send else "receive from"
+            raise PeerTimeout(f"pipeline stage {self.pstate.pp_rank} (rank {self.pstate.rank}): {what} rank "
+                              f"{op.peer} did not complete within --distributed-timeout-minutes {minutes:g} "
+                              f"(rank {op.peer} is stuck or dead; raise the flag if it is only slow): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
     def wait_sends(self) -> None:
         """Complete every outstanding send (before the step ends, so buffers can be reused)."""
-        for work, _ in self.pending:
-            work.wait(timeout=self.pstate.timeout)
+        with self.timers.phase("p2p-wait"):
+            for work, op in self.pending:
+                self._wait(work, op)
         self.pending.clear()
 
-    # --- the four operations a schedule uses -------------------------------------------
-    def recv_forward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> torch.Tensor:
-        """Activation from the previous stage, as a leaf that will collect its gradient."""
-        x = self._recv(self.pstate.prev_rank, self.pstate.pp_rank - 1, "fwd", slot, info, ids)
+    # --- the six operations a schedule uses ---------------------------------------------
+    def _fwd_send(self, y, slot, info, ids) -> list:
+        ps = self.pstate
+        return [] if ps.is_last_stage else self._encode(y, ps.next_rank, ps.pp_rank, "fwd", slot, info, ids)
+
+    def _bwd_send(self, g, slot, info, ids) -> list:
+        ps = self.pstate
+        return [] if ps.is_first_stage else self._encode(g, ps.prev_rank, ps.pp_rank - 1, "bwd", slot, info, ids)
+
+    def _fwd_recv(self, slot, info, ids):
+        """(ops to post, the receive, waits of an early post) for microbatch slot's activation."""
+        ps = self.pstate
+        if ps.is_first_stage:
+            return [], None, []
+        if ("fwd", slot) in self.posted:
+            waits, recv = self.posted.pop(("fwd", slot))
+            return [], recv, waits
+        return (*self._post(ps.prev_rank, ps.pp_rank - 1, "fwd", slot, info, ids), [])
+
+    def _bwd_recv(self, slot, info, ids):
+        ps = self.pstate
+        if ps.is_last_stage:
+            return [], None, []
+        if ("bwd", slot) in self.posted:
+            waits, recv = self.posted.pop(("bwd", slot))
+            return [], recv, waits
+        return (*self._post(ps.next_rank, ps.pp_rank, "bwd", slot, info, ids), [])
+
+    def _run(self, sends: list, posted: tuple, info: StepInfo, leaf: bool):
+        """Issue sends + receive as one group (or only the sends, the receive posted early);
+        wait for the receive, decode it and tp-gather it."""
+        ops, recv, waits = posted
+        if not sends and not ops and recv is None:
+            return None
+        with self.timers.phase("p2p-wait"):
+            if sends or ops:
+                waits = waits + self._issue(sends + ops)
+            for work, op in waits:
+                self._wait(work, op)
+            if recv is None:
+                return None
+            if self.link is not None:
+                self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
+        with self.timers.phase("encode-decode"):
+            ch = self.channel(recv.boundary, recv.direction, recv.slot)
+            x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
+        with self.timers.phase("p2p-wait"):
+            x = self._gather(x)
         # a new tensor object: the Channel may return its reference m itself, which must not
         # become an autograd leaf that accumulates .grad across steps
-        return x.detach().float().requires_grad_(True)
+        return x.detach().float().requires_grad_(True) if leaf else x.float()
+
+    def recv_forward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """Activation from the previous stage, as a leaf that will collect its gradient."""
+        return self._run([], self._fwd_recv(slot, info, ids), info, leaf=True)
 
     def send_forward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._send(y, self.pstate.next_rank, self.pstate.pp_rank, "fwd", slot, info, ids)
+        self._run(self._fwd_send(y, slot, info, ids), ([], None, []), info, leaf=False)
 
-    def recv_backward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> torch.Tensor:
+    def recv_backward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Gradient of this stage's output, from the next stage."""
-        return self._recv(self.pstate.next_rank, self.pstate.pp_rank, "bwd", slot, info, ids).float()
+        return self._run([], self._bwd_recv(slot, info, ids), info, leaf=False)
 
     def send_backward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._send(g, self.pstate.prev_rank, self.pstate.pp_rank - 1, "bwd", slot, info, ids)
+        self._run(self._bwd_send(g, slot, info, ids), ([], None, []), info, leaf=False)
+
+    def send_forward_recv_backward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor,
+                                   recv_slot: int, recv_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """Send microbatch `slot`'s activation and receive microbatch `recv_slot`'s gradient,
+        both with the next stage, as one group."""
+        return self._run(self._fwd_send(y, slot, info, ids), self._bwd_recv(recv_slot, info, recv_ids),
+                         info, leaf=False)
+
+    def send_backward_recv_forward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor,
+                                   recv_slot: int, recv_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """Send microbatch `slot`'s input gradient and receive microbatch `recv_slot`'s activation,
+        both with the previous stage, as one group."""
+        return self._run(self._bwd_send(g, slot, info, ids), self._fwd_recv(recv_slot, info, recv_ids),
+                         info, leaf=True)
 
     # --- the step's commit (after the optimizer's skip decision, identical on all ranks) ---
     def commit(self) -> None:

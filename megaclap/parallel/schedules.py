@@ -21,6 +21,7 @@ import torch
 from torch.autograd import Variable
 
 from megaclap.parallel.p2p import P2P, StepInfo
+from megaclap.training.timers import Timers
 
 
 @dataclass
@@ -61,78 +62,150 @@ def _backward(output: torch.Tensor, grad: Optional[torch.Tensor]) -> None:
 
 
 class _Runner:
-    """Forward and backward of one microbatch on this stage, with its p2p."""
+    """Forward and backward of one microbatch on this stage (compute only; no p2p)."""
 
-    def __init__(self, stage, pstate, p2p: Optional[P2P], info: StepInfo, mbs: list[Microbatch],
-                 loss_scale: float, autocast: Callable, stats: ScheduleStats, grad: bool):
-        self.stage, self.ps, self.p2p, self.info, self.mbs = stage, pstate, p2p, info, mbs
+    def __init__(self, stage, pstate, mbs: list[Microbatch], loss_scale: float, autocast: Callable,
+                 stats: ScheduleStats, grad: bool, timers: Timers):
+        self.stage, self.ps, self.mbs, self.timers = stage, pstate, mbs, timers
         self.scale, self.autocast, self.stats, self.grad = loss_scale, autocast, stats, grad
         self.saved: dict = {}
 
-    def forward(self, i: int) -> None:
+    def forward(self, i: int, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """x: the received activation (None on the first stage). Returns the output to send
+        (None on the last stage)."""
         mb, ps = self.mbs[i], self.ps
-        x = mb.tokens[:, :-1] if ps.is_first_stage else self.p2p.recv_forward(i, self.info, mb.ids)
+        if ps.is_first_stage:
+            x = mb.tokens[:, :-1]
         labels = mb.tokens[:, 1:] if ps.is_last_stage else None
-        with torch.set_grad_enabled(self.grad), self.autocast():
+        with self.timers.phase("forward-compute"), torch.set_grad_enabled(self.grad), self.autocast():
             out = self.stage(x, labels)
-        if ps.is_last_stage:
-            loss = out.float().mean()
-            self.stats.losses.append(loss.detach())
-            out = loss * (self.scale / len(self.mbs))
-        else:
-            self.p2p.send_forward(out, i, self.info, mb.ids)
-            if self.grad:
-                _free_output(out)
+            if ps.is_last_stage:
+                loss = out.float().mean()
+                self.stats.losses.append(loss.detach())
+                out = loss * (self.scale / len(self.mbs))
         if self.grad:
             self.saved[i] = (x, out)
             self.stats.push()
+        return None if ps.is_last_stage else out
 
-    def backward(self, i: int) -> None:
+    def backward(self, i: int, grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """grad: the output's gradient (None on the last stage). Returns the input's gradient
+        to send (None on the first stage)."""
         x, out = self.saved.pop(i)
-        ps, ids = self.ps, self.mbs[i].ids
-        grad = None if ps.is_last_stage else self.p2p.recv_backward(i, self.info, ids)
-        _backward(out, grad)
-        if not ps.is_first_stage:
-            self.p2p.send_backward(x.grad, i, self.info, ids)
+        with self.timers.phase("backward-compute"):
+            _backward(out, grad)
         self.stats.pop()
+        return None if self.ps.is_first_stage else x.grad
+
+
+class _Comm:
+    """P2P by microbatch index: the six transport operations, a no-op without a pipeline.
+    A stage output is freed down to its autograd node once it has been sent."""
+
+    def __init__(self, p2p: Optional[P2P], info: StepInfo, mbs: list[Microbatch], free: bool):
+        self.p2p, self.info, self.mbs, self.free = p2p, info, mbs, free
+
+    def _sent(self, y: Optional[torch.Tensor]) -> None:
+        if self.free and y is not None:
+            _free_output(y)
+
+    def _early(self, direction: str, i: int) -> None:
+        """Post the next microbatch's receive in this direction now (where the backend allows)."""
+        if i < len(self.mbs):
+            self.p2p.post_recv(direction, i, self.info, self.mbs[i].ids)
+
+    def recv_forward(self, i: int):
+        if self.p2p is None:
+            return None
+        x = self.p2p.recv_forward(i, self.info, self.mbs[i].ids)
+        self._early("fwd", i + 1)
+        return x
+
+    def send_forward(self, y, i: int) -> None:
+        if self.p2p is not None and y is not None:
+            self.p2p.send_forward(y, i, self.info, self.mbs[i].ids)
+        self._sent(y)
+
+    def recv_backward(self, i: int):
+        if self.p2p is None:
+            return None
+        g = self.p2p.recv_backward(i, self.info, self.mbs[i].ids)
+        self._early("bwd", i + 1)
+        return g
+
+    def send_backward(self, dx, i: int) -> None:
+        if self.p2p is not None and dx is not None:
+            self.p2p.send_backward(dx, i, self.info, self.mbs[i].ids)
+
+    def send_forward_recv_backward(self, y, i: int, j: int):
+        """Send microbatch i's output, receive microbatch j's output gradient (one group)."""
+        if self.p2p is None or y is None:  # last stage: nothing to send, no gradient to receive
+            return None
+        g = self.p2p.send_forward_recv_backward(y, i, self.info, self.mbs[i].ids, j, self.mbs[j].ids)
+        self._sent(y)
+        self._early("bwd", j + 1)
+        return g
+
+    def send_backward_recv_forward(self, dx, j: int, i: int):
+        """Send microbatch j's input gradient, receive microbatch i's input (one group)."""
+        if self.p2p is None or dx is None:  # first stage: its input is token ids
+            return None
+        x = self.p2p.send_backward_recv_forward(dx, j, self.info, self.mbs[j].ids, i, self.mbs[i].ids)
+        self._early("fwd", i + 1)
+        return x
 
 
 def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], info: StepInfo, *,
                      schedule: str = "1f1b", forward_only: bool = False, loss_scale: float = 1.0,
-                     autocast: Callable = nullcontext) -> ScheduleStats:
+                     autocast: Callable = nullcontext, timers: Optional[Timers] = None) -> ScheduleStats:
     """Run one step's microbatches through this stage; gradients accumulate in .grad
     (scaled by loss_scale / M). Returns the per-microbatch losses on the last stage."""
     stats = ScheduleStats()
-    run = _Runner(stage, pstate, p2p, info, mbs, loss_scale, autocast, stats, grad=not forward_only)
+    run = _Runner(stage, pstate, mbs, loss_scale, autocast, stats, grad=not forward_only,
+                  timers=timers or Timers(0))
+    comm = _Comm(p2p, info, mbs, free=not forward_only)
     m, pp, r = len(mbs), pstate.pp_size, pstate.pp_rank
     if forward_only:
         for i in range(m):
-            run.forward(i)
+            comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
     elif schedule == "gpipe":
-        for i in range(m):
-            run.forward(i)
-        assert stats.in_flight == m
-        for i in range(m):
-            run.backward(i)
+        _gpipe(run, comm, m, stats)
     else:
-        _one_f_one_b(run, m, pp, r, stats)
+        _one_f_one_b(run, comm, m, pp, r, stats)
     if p2p is not None:
         p2p.wait_sends()
     return stats
 
 
-def _one_f_one_b(run: _Runner, m: int, pp: int, r: int, stats: ScheduleStats) -> None:
+def _gpipe(run: _Runner, comm: _Comm, m: int, stats: ScheduleStats) -> None:
+    """All forwards, then all backwards. Within each phase a stage only receives from one
+    neighbour and sends to the other, so the plain operations never cross."""
+    for i in range(m):
+        comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
+    assert stats.in_flight == m
+    for i in range(m):
+        comm.send_backward(run.backward(i, comm.recv_backward(i)), i)
+
+
+def _one_f_one_b(run: _Runner, comm: _Comm, m: int, pp: int, r: int, stats: ScheduleStats) -> None:
     warmup = min(pp - r - 1, m)
+    steady = m - warmup
     # warmup: fill the pipe
     for i in range(warmup):
-        run.forward(i)
+        comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
     assert stats.in_flight == warmup
-    # steady: one forward, one backward
-    for j in range(m - warmup):
-        run.forward(warmup + j)
+    # steady: one forward, one backward; each send is paired with the opposite receive
+    x = comm.recv_forward(warmup) if steady else None
+    for j in range(steady):
+        i = warmup + j
+        y = run.forward(i, x)
         assert stats.in_flight <= pp - r, f"stage {r} holds {stats.in_flight} > pp - r activations"
-        run.backward(j)
+        dx = run.backward(j, comm.send_forward_recv_backward(y, i, j))
+        if j + 1 < steady:
+            x = comm.send_backward_recv_forward(dx, j, i + 1)
+        else:
+            comm.send_backward(dx, j)
     # cooldown: drain
-    for j in range(m - warmup, m):
-        run.backward(j)
+    for j in range(steady, m):
+        comm.send_backward(run.backward(j, comm.recv_backward(j)), j)
     assert stats.in_flight == 0 and stats.peak_in_flight <= pp - r

@@ -31,6 +31,10 @@ def gather(p2p, pstate) -> torch.Tensor:
         dev = out.to(pstate.device) if pstate.device.type == "cuda" else out
         dist.all_reduce(dev, group=pstate.pp.group)
         out = dev.cpu()
+    if pstate.tp.group is not None:  # tp ranks each send 1/tp of a boundary: sum them (not REF)
+        dev = out[..., :REF].contiguous().to(pstate.device)
+        dist.all_reduce(dev, group=pstate.tp.group)
+        out[..., :REF] = dev.cpu()
     return out
 
 

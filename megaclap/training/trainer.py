@@ -18,8 +18,9 @@ from megaclap.model.gpt import GPTStage
 from megaclap.model.init import init_stage
 from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
+from megaclap.parallel import simlink
 from megaclap.parallel.schedules import Microbatch, forward_backward
-from megaclap.training import telemetry
+from megaclap.training import telemetry, timers
 from megaclap.training.grads import GradBuffer, clip_grad_norm, unscale_and_check
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
@@ -69,10 +70,11 @@ class Trainer:
         m, t = cfg.model, cfg.train
         shape = (t.micro_batch_size, m.seq_length, m.hidden_size)
         self.p2p = self.eval_p2p = None
+        self.link = simlink.SimLink.from_config(cfg.parallel, pstate.device) if pstate.pp_size > 1 else None
         if pstate.pp_size > 1:
-            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed)
+            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link)
             eval_cfg = evaluation_compression(cfg.compression)
-            self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1)
+            self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1, link=self.link)
         self.data = build_data_sources(
             cfg.data, seq_length=m.seq_length, micro_batch_size=t.micro_batch_size,
             global_batch_size=t.global_batch_size, dp_rank=pstate.dp_rank, dp_size=pstate.dp_size,
@@ -83,6 +85,9 @@ class Trainer:
         self.iteration, self.skipped, self._nans, self._nan_pending = 0, 0, 0, None
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
+        self.timers = timers.Timers(t.timing_log_level, pstate.device)
+        if self.p2p is not None:
+            self.p2p.timers = self.timers
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
         self.comm_total = None   # summed telemetry array over the run (megaclap.training.telemetry)
 
@@ -134,9 +139,12 @@ class Trainer:
         info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure)
         stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
-                                 loss_scale=self.scaler.scale, autocast=self.autocast)
+                                 loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
         self.last_stats = stats
+        self.timers.start("dp-allreduce")  # what backward's hooks left: the last buckets, tied embedding
         self.grad_buffer.finish()  # dp average (mostly overlapped with backward), tied-embedding sum
+        self.timers.stop("dp-allreduce")
+        self.timers.start("optimizer")
         skipped = False
         if self.scaler.enabled:
             skipped = unscale_and_check(self.stage, self.ps, self.scaler.scale)
@@ -150,6 +158,7 @@ class Trainer:
             self.scheduler.step(gbs)
             nan = (~torch.isfinite(grad_norm)).to(torch.int32)
             self._nan_pending = nan if self._nan_pending is None else self._nan_pending + nan
+        self.timers.stop("optimizer")
         self.iteration += 1
         self.consumed_samples += gbs
         self.skipped += int(skipped)
@@ -233,6 +242,8 @@ class Trainer:
     def _log(self, log: "_IntervalLog") -> None:
         comp = self.gather_telemetry()
         store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
+        wire = simlink.gather(self.link, self.ps) if self.link is not None else None
+        phases = self.timers.gather(self.ps) if self.timers.level > 0 else None
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -248,6 +259,8 @@ class Trainer:
             extra += f" aqsgd store rows per dp rank: {'/'.join(map(str, store_rows))} |"
             self.tb.scalars({f"aqsgd-store-rows/dp{r}": n for r, n in enumerate(store_rows)}, self.iteration,
                             samples, vs_samples=False)
+        extra += simlink.log_fields(wire, log.steps) if wire is not None else ""
+        extra += timers.log_fields(phases, log.steps) if phases is not None else ""
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
@@ -256,6 +269,10 @@ class Trainer:
         self.tb.scalars(scalars, self.iteration, samples)
         if comp is not None:
             self.tb.scalars(telemetry.tb_scalars(comp), self.iteration, samples, vs_samples=False)
+        if wire is not None:
+            self.tb.scalars(simlink.tb_scalars(wire, log.steps), self.iteration, samples, vs_samples=False)
+        if phases is not None:
+            self.tb.scalars(timers.tb_scalars(phases, log.steps), self.iteration, samples, vs_samples=False)
         self.tb.scalars({"distinct-samples": self.data.train.distinct_samples_seen}, self.iteration, samples,
                         vs_samples=False)
 

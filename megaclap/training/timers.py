@@ -1,0 +1,86 @@
+"""Per-phase step timers (--timing-log-level, Megatron's flag name).
+
+Level 0 (default): every `phase()` is a shared nullcontext: no clock reads, no device syncs.
+Level 1: each step's time is split into the phases below, summed over a --log-interval and
+reported per step (max over the pipeline stages) in the log line and TensorBoard:
+
+    forward-compute    stage forward of every microbatch (loss included on the last stage)
+    backward-compute   stage backward of every microbatch
+    encode-decode      Channel encode (sender) and decode (receiver) of boundary tensors
+    p2p-wait           posting p2p groups and waiting for their receives (simulated link
+                       delay and the tp all-gather of a split boundary included)
+    dp-allreduce       gradient synchronisation across data-parallel (and embedding) groups
+    optimizer          unscale / clip / optimizer step
+
+On CUDA a timed phase synchronises the device at its start and end (kernels are
+asynchronous), which is why the timers are off unless asked for.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+
+PHASES = ("forward-compute", "backward-compute", "encode-decode", "p2p-wait", "dp-allreduce", "optimizer")
+_OFF = nullcontext()
+
+
+class Timers:
+    """Accumulates seconds per phase since the last `gather()`."""
+
+    def __init__(self, level: int = 0, device=None):
+        self.level, self.device = int(level), torch.device(device or "cpu")
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._open = None  # the phase being timed: nested phases count only once, in the outer one
+
+    def phase(self, name: str):
+        if self.level <= 0 or self._open is not None:
+            return _OFF
+        return self._timed(name)
+
+    @contextmanager
+    def _timed(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def start(self, name: str) -> None:
+        """Open phase `name` (a no-op at level 0 or inside another phase); close it with stop()."""
+        if self.level <= 0 or self._open is not None:
+            return
+        self._sync()
+        self._open, self._start = name, time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        if self._open != name:
+            return
+        self._sync()
+        self.seconds[name] += time.perf_counter() - self._start
+        self._open = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def gather(self, pstate) -> torch.Tensor:
+        """Seconds per phase since the last call, max over the pp group (a pp-group collective
+        when the level is > 0; every rank calls it). Resets the counters."""
+        out = torch.tensor([self.seconds[p] for p in PHASES], dtype=torch.float64)
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        if pstate.pp.group is not None:
+            dev = out.to(pstate.device)
+            dist.all_reduce(dev, op=dist.ReduceOp.MAX, group=pstate.pp.group)
+            out = dev.cpu()
+        return out
+
+
+def log_fields(arr: torch.Tensor, steps: int) -> str:
+    return "".join(f" {p} (ms): {float(v) * 1e3 / max(1, steps):.1f} |" for p, v in zip(PHASES, arr))
+
+
+def tb_scalars(arr: torch.Tensor, steps: int) -> dict:
+    return {f"{p}-time": float(v) / max(1, steps) for p, v in zip(PHASES, arr)}

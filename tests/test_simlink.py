@@ -1,0 +1,82 @@
+"""Simulated slow links (megaclap.parallel.simlink): flag parsing, the FIFO wire model, and runs."""
+import pytest
+import torch
+
+from megaclap.config import ConfigError
+from megaclap.parallel.simlink import SimLink, parse_bandwidth, parse_latency
+from tests.dist import run_ranks
+from tests.train_utils import make_trainer, tiny_args
+
+
+def test_parse_units():
+    assert parse_bandwidth("200mbit") == 2e8 and parse_bandwidth("1gbit") == 1e9
+    assert parse_bandwidth("500kbit") == 5e5 and parse_bandwidth("1e6") == 1e6 and parse_bandwidth("10mbps") == 8e7
+    assert parse_latency("50ms") == pytest.approx(0.05) and parse_latency("0.05s") == 0.05
+    assert parse_latency("0.2") == 0.2 and parse_latency("100us") == pytest.approx(1e-4)
+    for bad in ("fast", "-5mbit", "0", "10 furlongs"):
+        with pytest.raises(ConfigError, match="--sim-link-bandwidth"):
+            parse_bandwidth(bad)
+    with pytest.raises(ConfigError, match="--sim-link-latency"):
+        parse_latency("soon")
+
+
+def test_bad_flag_is_a_config_error():
+    from megaclap.arguments import parse_args
+    with pytest.raises(ConfigError, match="--sim-link-bandwidth"):
+        parse_args(tiny_args(extra=["--sim-link-bandwidth", "quick"]))
+
+
+def test_fifo_wire_model():
+    """arrival = max(wire free, sent at) + bytes*8/bw + latency; latency does not occupy the wire;
+    each (peer, direction) is its own wire."""
+    link = SimLink(8000.0, 0.5)  # 1000 bytes take 1 s
+    assert link.arrival((1, "fwd"), 1000, 0.0) == pytest.approx(1.5)
+    assert link.arrival((1, "fwd"), 1000, 0.2) == pytest.approx(2.5)   # queued behind the first
+    assert link.arrival((1, "bwd"), 500, 0.2) == pytest.approx(1.2)    # the other direction is free
+    assert link.arrival((1, "fwd"), 1000, 5.0) == pytest.approx(6.5)   # the wire was idle again
+    assert link.stats.busy_s[(1, "fwd")] == pytest.approx(3.0)
+    assert link.stats.bytes == 3500 and link.stats.messages == 4
+
+
+def _timed_worker(rank, world, argv, steps):
+    import time
+    tr = make_trainer(rank, world, argv)
+    losses, times = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        losses.append(tr.train_step(tr.data.train.next_batch())["loss"])
+        times.append(time.perf_counter() - start)
+    return {"losses": losses, "times": times, "phases": dict(tr.timers.seconds), "last": tr.ps.is_last_stage,
+            "wire": tr.link.stats.busy_s if tr.link is not None else None}
+
+
+def test_wire_bound_run_follows_the_model_and_keeps_the_losses():
+    """PP=2, M=4 microbatches of 4096 bytes, a link that takes S = 0.5 s per message and no latency:
+    with compute negligible, 1F1B streams M activations back to back after a fill of pp-1
+    messages, so a step takes (M + pp - 1) * S = 2.5 s. The losses equal the unthrottled run's."""
+    s_msg, m, pp = 0.5, 4, 2
+    bw = 2 * 16 * 32 * 4 * 8 / s_msg  # bits/s: one (2, 16, 32) fp32 activation per S
+    base = tiny_args(extra=["--pipeline-model-parallel-size", "2", "--timing-log-level", "1"])
+    fast = run_ranks(_timed_worker, 2, base, 2)
+    slow = run_ranks(_timed_worker, 2, base + ["--sim-link-bandwidth", str(bw)], 2)
+    last_fast, last_slow = [r for r in fast if r["last"]][0], [r for r in slow if r["last"]][0]
+    assert last_slow["losses"] == last_fast["losses"]  # bit for bit
+    model = (m + pp - 1) * s_msg
+    step = last_slow["times"][1]
+    print(f"step {step:.3f} s, model {model:.3f} s, phases {last_slow['phases']}")
+    assert abs(step - model) <= 0.2 * model, (step, model)
+    for r in slow:  # the timers see where the time went: waiting for the link
+        assert r["phases"]["p2p-wait"] > 0.5 * sum(r["times"]), r["phases"]
+        assert sum(r["phases"].values()) <= sum(r["times"]) * 1.01
+    assert fast[0]["phases"]["forward-compute"] > 0 and fast[0]["phases"]["backward-compute"] > 0
+
+
+def test_timers_off_by_default_read_no_clock(monkeypatch):
+    from megaclap.training import timers as T
+    monkeypatch.setattr(T.time, "perf_counter", lambda: (_ for _ in ()).throw(AssertionError("clock read")))
+    t = T.Timers(0)
+    with t.phase("forward-compute"):
+        pass
+    t.start("optimizer")
+    t.stop("optimizer")
+    assert all(v == 0.0 for v in t.seconds.values())
