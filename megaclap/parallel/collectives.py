@@ -98,3 +98,13 @@ def gather_from_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
 
 def scatter_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
     return x if _trivial(tp) else _ScatterToTP.apply(x, tp)
+
+
+def max_over_pp(values: torch.Tensor, pstate) -> torch.Tensor:
+    """Element-wise max of a small host tensor over the pipeline group (every stage calls it);
+    used for per-stage counters the logging rank prints."""
+    if pstate.pp.group is None:
+        return values
+    dev = values.to(pstate.device)
+    dist.all_reduce(dev, op=dist.ReduceOp.MAX, group=pstate.pp.group)
+    return dev.cpu()

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from megaclap.config import ConfigError
+from megaclap.parallel.collectives import max_over_pp
 
 # tc's units: bit, kbit, mbit, gbit are bits/s; bps, kbps, mbps, gbps are bytes/s
 BANDWIDTH_UNITS = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
@@ -126,11 +126,7 @@ def gather(link: Optional[SimLink], pstate) -> torch.Tensor:
     out = torch.tensor([max(s.busy_s.values(), default=0.0), s.wire_s, s.wait_s], dtype=torch.float64)
     if link is not None:
         link.stats = LinkStats()
-    if pstate.pp.group is not None:
-        dev = out.to(pstate.device)
-        dist.all_reduce(dev, op=dist.ReduceOp.MAX, group=pstate.pp.group)
-        out = dev.cpu()
-    return out
+    return max_over_pp(out, pstate)
 
 
 def log_fields(arr: torch.Tensor, steps: int) -> str:

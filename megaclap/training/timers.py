@@ -21,7 +21,8 @@ import time
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.distributed as dist
+
+from megaclap.parallel.collectives import max_over_pp
 
 PHASES = ("forward-compute", "backward-compute", "encode-decode", "p2p-wait", "dp-allreduce", "optimizer")
 _OFF = nullcontext()
@@ -71,11 +72,7 @@ class Timers:
         when the level is > 0; every rank calls it). Resets the counters."""
         out = torch.tensor([self.seconds[p] for p in PHASES], dtype=torch.float64)
         self.seconds = dict.fromkeys(PHASES, 0.0)
-        if pstate.pp.group is not None:
-            dev = out.to(pstate.device)
-            dist.all_reduce(dev, op=dist.ReduceOp.MAX, group=pstate.pp.group)
-            out = dev.cpu()
-        return out
+        return max_over_pp(out, pstate)
 
 
 def log_fields(arr: torch.Tensor, steps: int) -> str:
