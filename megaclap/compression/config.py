@@ -30,6 +30,11 @@ class CompressionConfig:
     """clapping-fc reference on a fresh batch [--clapping-fc-init]: zero (m <- 0) or previous
     (keep m from the previous batch)."""
 
+    clapping_fresh_codec: str = None
+    """Codec of Clapping's fresh steps, sent against a zero reference [--clapping-fresh-codec]:
+    identity = clapping-fu, the delta codec = clapping-fc (zero init), others lie between;
+    None keeps each method's own rule. Applies to every clapping-fu/fc direction."""
+
     aqsgd_store_dir: str = None
     """Directory for AQ-SGD's per-sample store as memmap files [--aqsgd-store-dir]; None keeps
     it in device memory. Use it when N * s * h does not fit."""
@@ -44,7 +49,7 @@ class CompressionConfig:
     def validate(self) -> None:
         """Raise ValueError naming the flag to change."""
         validate_compression(self.method, self.bwd_method, self.fwd_codec, self.bwd_codec,
-                             self.clapping_fc_init)
+                             self.clapping_fc_init, self.clapping_fresh_codec)
 
     @property
     def effective_bwd_method(self) -> str:
@@ -76,6 +81,9 @@ def add_compression_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="activation-gradient codec (same choices)")
     g.add_argument("--clapping-fc-init", default="zero", metavar="INIT",
                    help=f"clapping-fc reference on a fresh batch: {', '.join(FC_INITS)}")
+    g.add_argument("--clapping-fresh-codec", default=None, metavar="CODEC",
+                   help="codec of Clapping's fresh steps against a zero reference (identity = fu, "
+                        "the delta codec = fc; default: the method's own)")
     g.add_argument("--aqsgd-store-dir", default=None, help="on-disk AQ-SGD store (memmap) directory")
     g.add_argument("--eval-with-compression", action="store_true",
                    help="evaluate through the compressed channels")
