@@ -107,6 +107,17 @@ class ParallelConfig:
     """--use-cpu-initialization: initialise full master weights on CPU, then shard (layout-independent)."""
     distributed_backend: Optional[str] = None
     """--distributed-backend: gloo or nccl; default from the device (nccl on CUDA, gloo on CPU)."""
+    sim_link_bandwidth: Optional[str] = None
+    """--sim-link-bandwidth: simulate inter-stage links of this rate (200mbit, 1gbit, or bits/s); off when unset."""
+    sim_link_latency: Optional[str] = None
+    """--sim-link-latency: one-way latency of the simulated links (50ms, 0.05s, or seconds)."""
+
+    def __post_init__(self):
+        from megaclap.parallel.simlink import parse_bandwidth, parse_latency
+        if self.sim_link_bandwidth is not None:
+            parse_bandwidth(self.sim_link_bandwidth)
+        if self.sim_link_latency is not None:
+            parse_latency(self.sim_link_latency)
 
 
 @dataclass

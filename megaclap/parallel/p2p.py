@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
+from megaclap.parallel.simlink import SimLink
 
 
 def evaluation_compression(c):
@@ -45,7 +46,8 @@ class P2P:
     dense tensor itself (bit-identical to uncompressed training).
     """
 
-    def __init__(self, pstate, shape: tuple, wire_dtype: torch.dtype, compression, seed: int = 0):
+    def __init__(self, pstate, shape: tuple, wire_dtype: torch.dtype, compression, seed: int = 0,
+                 link: Optional[SimLink] = None):
         from megaclap.compression.channels import default_bwd_method
         from megaclap.compression.codecs import parse_codec
         self.pstate, self.shape, self.dtype, self.seed = pstate, tuple(shape), wire_dtype, seed
@@ -57,6 +59,7 @@ class P2P:
         self.channels: dict = {}
         self.stores: dict = {}
         self.pending: list = []  # (work, payload) of sends not yet completed
+        self.link = link  # simulated slow link (megaclap.parallel.simlink), or None
 
     def _store(self, boundary: int, direction: str) -> Optional[AqsgdStore]:
         if self.methods[direction][0] != "aqsgd":
@@ -87,12 +90,19 @@ class P2P:
         payload = payload.contiguous()
         self.pending = [(w, p) for w, p in self.pending if not w.is_completed()]  # free sent buffers
         self.pending.append((dist.isend(payload, peer), payload))
+        if self.link is not None:
+            stamp = self.link.stamp()
+            self.pending.append((dist.isend(stamp, peer), stamp))
 
     def _recv(self, peer: int, boundary: int, direction: str, slot: int, info: StepInfo,
               ids: torch.Tensor) -> torch.Tensor:
         ch = self.channel(boundary, direction, slot)
         buf = ch.empty_payload(fresh=info.fresh, sample_ids=ids)
         dist.irecv(buf, peer).wait(timeout=self.pstate.timeout)
+        if self.link is not None:
+            stamp = self.link.empty_stamp()
+            dist.irecv(stamp, peer).wait(timeout=self.pstate.timeout)
+            self.link.deliver((peer, direction), buf, stamp)
         return ch.recv(buf, step=info.step, fresh=info.fresh, sample_ids=ids)
 
     def wait_sends(self) -> None:

@@ -17,6 +17,7 @@ from megaclap.model.gpt import GPTStage
 from megaclap.model.init import init_stage
 from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
+from megaclap.parallel import simlink
 from megaclap.parallel.schedules import Microbatch, forward_backward
 from megaclap.training import telemetry
 from megaclap.training.grads import clip_grad_norm, found_inf_or_nan, sync_grads
@@ -51,10 +52,11 @@ class Trainer:
         m, t = cfg.model, cfg.train
         shape = (t.micro_batch_size, m.seq_length, m.hidden_size)
         self.p2p = self.eval_p2p = None
+        self.link = simlink.SimLink.from_config(cfg.parallel, pstate.device) if pstate.pp_size > 1 else None
         if pstate.pp_size > 1:
-            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed)
+            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link)
             eval_cfg = evaluation_compression(cfg.compression)
-            self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1)
+            self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1, link=self.link)
         self.data = build_data_sources(
             cfg.data, seq_length=m.seq_length, micro_batch_size=t.micro_batch_size,
             global_batch_size=t.global_batch_size, dp_rank=pstate.dp_rank, dp_size=pstate.dp_size,
@@ -168,6 +170,7 @@ class Trainer:
 
     def _log(self, log: "_IntervalLog") -> None:
         comp = self.gather_telemetry()
+        wire = simlink.gather(self.link, self.ps) if self.link is not None else None
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -179,6 +182,7 @@ class Trainer:
         loss = log.loss / max(1, log.steps)
         extra = telemetry.log_fields(comp) if comp is not None else ""
         extra += f" distinct samples: {self.data.train.distinct_samples_seen} |"
+        extra += simlink.log_fields(wire, log.steps) if wire is not None else ""
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
@@ -187,6 +191,8 @@ class Trainer:
         self.tb.scalars(scalars, self.iteration, samples)
         if comp is not None:
             self.tb.scalars(telemetry.tb_scalars(comp), self.iteration, samples, vs_samples=False)
+        if wire is not None:
+            self.tb.scalars(simlink.tb_scalars(wire, log.steps), self.iteration, samples, vs_samples=False)
         self.tb.scalars({"distinct-samples": self.data.train.distinct_samples_seen}, self.iteration, samples,
                         vs_samples=False)
 
