@@ -97,7 +97,10 @@ def boundary_tensors(data_args: list, steps: int) -> tuple:
     argv = ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",
             "--max-position-embeddings", "128", "--micro-batch-size", "8", "--global-batch-size", "8",
             "--train-iters", str(steps + 1), "--lr", "1e-3", "--lr-warmup-iters", "10", *data_args]
-    tr = Trainer(parse_args(argv).validate(1), ParallelState(1, 1, 1, 0, torch.device("cpu")), print_fn=lambda s: None)
+    from megaclap.training.pretrain import resolve_vocab_size
+    cfg = parse_args(argv)
+    resolve_vocab_size(cfg)
+    tr = Trainer(cfg.validate(1), ParallelState(1, 1, 1, 0, torch.device("cpu")), print_fn=lambda s: None)
     for _ in range(steps):
         tr.train_step(tr.data.train.next_batch())
     got = {}
