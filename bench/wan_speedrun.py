@@ -30,6 +30,7 @@ and a PNG of T against bandwidth (main configurations) to --results (a path pref
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -70,13 +71,13 @@ QUICK_CONFIGS = ["dense", "hquant4"]
 
 DEFAULT_MODEL = {"config": "gpt-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
                  "ffn_hidden_size": 256, "seq_length": 64, "max_position_embeddings": 64,
-                 "micro_batch_size": 4, "global_batch_size": 16}
+                 "micro_batch_size": 2, "global_batch_size": 8}
 QUICK_MODEL = {**DEFAULT_MODEL, "hidden_size": 32, "ffn_hidden_size": 64, "seq_length": 32,
-               "max_position_embeddings": 32, "micro_batch_size": 2, "global_batch_size": 8}
+               "max_position_embeddings": 32}
 
 
 # --- runs ------------------------------------------------------------------------------------
-def make_cell(name: str, link=None, timing_iters: int = 0) -> ablate.Cell:
+def make_cell(name: str, model: str, link=None, timing_iters: int = 0) -> ablate.Cell:
     """The ablate cell of one loss run (link None) or one timing run over `link`."""
     method, bwd_method, fwd, bwd, p, extra = CONFIGS[name]
     tag, args = f"{name}-loss", extra
@@ -85,7 +86,7 @@ def make_cell(name: str, link=None, timing_iters: int = 0) -> ablate.Cell:
         tag = f"{name}-time-{bw}-{lat}"
         args = (f"{extra} --sim-link-bandwidth {bw} --sim-link-latency {lat} --train-iters {timing_iters} "
                 f"--log-interval 1 --eval-interval {timing_iters + 1} --lr-warmup-iters 1").strip()
-    return ablate.Cell(model="bench", regime="default", method=method, bwd_method=bwd_method,
+    return ablate.Cell(model=model, regime="default", method=method, bwd_method=bwd_method,
                        fwd_codec=fwd, bwd_codec=bwd, p=p, args=args, tag=tag)
 
 
@@ -96,10 +97,12 @@ def build_grid(args) -> dict:
     model["max_position_embeddings"] = model["seq_length"]
     if args.pp > 2 and model["num_layers"] < args.pp:
         model["num_layers"] = args.pp
+    train = {"train_iters": args.train_iters, "log_interval": args.log_interval,
+             "eval_interval": args.eval_interval, "eval_iters": args.eval_iters, "seed": args.seed}
+    # the model's name carries a hash of every setting, so a finished cell is reused only as is
+    key = "m" + hashlib.sha1(json.dumps([model, train, args.pp, data_spec(args)], sort_keys=True).encode()).hexdigest()[:6]
     return {"name": "wan_speedrun", "launch": {"nproc": args.pp, "tp": 1, "pp": args.pp, "timeout_s": 1800},
-            "train": {"train_iters": args.train_iters, "log_interval": args.log_interval,
-                      "eval_interval": args.eval_interval, "eval_iters": args.eval_iters, "seed": args.seed},
-            "models": {"bench": model}, "regimes": {"default": {}}}
+            "train": train, "models": {key: model}, "regimes": {"default": {}}}
 
 
 def data_spec(args) -> dict:
@@ -275,7 +278,8 @@ def measure(args) -> dict:
     links = {"slow": (args.slow_bandwidth, args.slow_latency)}
     if not args.quick:
         links["moderate"] = (args.moderate_bandwidth, args.moderate_latency)
-    loss = {n: run(grid, make_cell(n), plan, cells_dir) for n in names}
+    model = next(iter(grid["models"]))
+    loss = {n: run(grid, make_cell(n, model), plan, cells_dir) for n in names}
     dense = loss["dense"]["val_curve"]
     target = args.target_loss if args.target_loss is not None else loss_at(dense, args.target_fraction * args.train_iters)
     dense_steps = steps_to_target(dense, target)
@@ -298,7 +302,7 @@ def measure(args) -> dict:
         timer = TIMED_BY.get(n, n) if TIMED_BY.get(n) in names else n
         tp = CONFIGS[timer][4]
         for key, link in bws.items():
-            cell = make_cell(timer, link, timing_iters(args.seed, tp, args.window, args.warmup))
+            cell = make_cell(timer, model, link, timing_iters(args.seed, tp, args.window, args.warmup))
             run(grid, cell, plan, cells_dir)
             times = iteration_times(os.path.join(cells_dir, cell.name))
             fresh = LazySchedule(args.seed, tp).fresh_mask(0, len(times)).tolist()
@@ -314,7 +318,7 @@ def measure(args) -> dict:
         r["T_ratio"] = {k: (t / base[k] if t is not None else None) for k, t in r["T"].items()}
     result = {"target_loss": target, "target_fraction": None if args.target_loss is not None else args.target_fraction,
               "dense_steps_to_target": dense_steps, "step_limit": limit, "pp": args.pp, "links": links,
-              "sweep_latency": args.slow_latency, "model": grid["models"]["bench"], "train": grid["train"],
+              "sweep_latency": args.slow_latency, "model": grid["models"][model], "train": grid["train"],
               "data": data_spec(args), "warmup": args.warmup, "window": args.window, "rows": rows,
               "command": "python -m bench.wan_speedrun " + " ".join(sys.argv[1:])}
     result["verdicts"] = verdicts(rows, links)
@@ -332,9 +336,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--seq-length", type=int, default=None)
-    p.add_argument("--train-iters", type=int, default=None, help="steps of every loss run [200; quick 24]")
+    p.add_argument("--train-iters", type=int, default=None, help="steps of every loss run [160; quick 24]")
     p.add_argument("--eval-interval", type=int, default=None, help="validation every K steps [10; quick 4]")
-    p.add_argument("--eval-iters", type=int, default=None, help="validation batches [6; quick 2]")
+    p.add_argument("--eval-iters", type=int, default=None, help="validation batches [4; quick 2]")
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--target-fraction", type=float, default=0.5,
@@ -355,9 +359,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mock-data", action="store_true", help="synthetic tokens")
     a = p.parse_args(argv)
     q = a.quick
-    a.train_iters = a.train_iters or (24 if q else 200)
+    a.train_iters = a.train_iters or (24 if q else 160)
     a.eval_interval = a.eval_interval or (4 if q else 10)
-    a.eval_iters = a.eval_iters or (2 if q else 6)
+    a.eval_iters = a.eval_iters or (2 if q else 4)
     a.log_interval = min(a.log_interval, a.train_iters)
     a.out_dir = a.out_dir or os.path.join("runs", "wan_speedrun_quick" if q else "wan_speedrun")
     a.results = a.results or (os.path.join(a.out_dir, "wan_speedrun") if q else "bench/results/wan_speedrun")
