@@ -6,9 +6,13 @@
 For each configuration (compression method, codecs, lazy-sampling p):
 
 - a **loss run** without a simulated link, validation every --eval-interval steps, gives the
-  steps to reach the target loss: the first validation point at or below it (interpolated
-  linearly from the previous point). Target = the dense (fp32 wire, uncompressed) run's
-  validation loss at --target-fraction of its --train-iters (interpolated), or --target-loss.
+  steps to reach the target loss. Each evaluation reads the next validation batches, so one
+  point is noisy (+-0.1 here), but every run reads the same batches at the same steps: the
+  noise is shared. So the dense curve is fitted with a + b * step^-c, each configuration's
+  gap to dense at equal steps with a line (points from 1/8 of the run on), and a
+  configuration's smooth curve is dense fit + gap fit; steps to target = first step where it
+  is <= the target (the raw first crossing is kept in the JSON too). Target = the dense fit
+  at --target-fraction of --train-iters, or --target-loss.
   Every run lasts --train-iters = 2x the dense steps at fraction 0.5; a configuration that
   does not reach the target within 2x the dense run's steps to target says so.
 - a **timing run** with the simulated link (--sim-link-bandwidth/--sim-link-latency, the p2p
@@ -169,6 +173,49 @@ def steps_to_target(curve, target: float):
     return None
 
 
+def fit_power(curve) -> tuple:
+    """Least-squares a + b * step^-c through a validation curve (c on a grid, a and b exact)."""
+    import numpy as np
+    x, y = np.asarray(curve[0], float), np.asarray(curve[1], float)
+    best = None
+    for c in np.linspace(0.05, 3.0, 120):
+        basis = np.stack([np.ones_like(x), x ** -c], 1)
+        coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+        sse = float(((basis @ coef - y) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(coef[0]), float(coef[1]), float(c))
+    return best[1:]
+
+
+def fit_gap(curve, dense, start: float) -> tuple:
+    """Least-squares line (alpha, beta) through curve - dense at their common steps >= start."""
+    import numpy as np
+    ref = dict(zip(*dense))
+    pts = [(s, v - ref[s]) for s, v in zip(*curve) if s in ref and s >= start]
+    x, y = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
+    if len(pts) < 2:
+        return (float(y.mean()) if len(pts) else 0.0, 0.0)
+    beta, alpha = np.polyfit(x, y, 1)
+    return float(alpha), float(beta)
+
+
+def smooth_curve(curve, dense, start: float):
+    """step -> dense fit + this run's gap fit (see the module docstring)."""
+    a, b, c = fit_power(dense)
+    alpha, beta = fit_gap(curve, dense, start)
+    return lambda step: a + b * step ** -c + alpha + beta * step
+
+
+def steps_to_target_smooth(fn, target: float, limit: float, resolution: float = 0.1):
+    """First step in (0, limit] (on a grid of `resolution`) where fn(step) <= target, else None."""
+    step = resolution
+    while step <= limit:
+        if fn(step) <= target:
+            return step
+        step += resolution
+    return None
+
+
 def loss_at(curve, step: float) -> float:
     """Validation loss at `step`, linearly interpolated between evaluation points."""
     steps, losses = curve
@@ -280,20 +327,24 @@ def measure(args) -> dict:
         links["moderate"] = (args.moderate_bandwidth, args.moderate_latency)
     model = next(iter(grid["models"]))
     loss = {n: run(grid, make_cell(n, model), plan, cells_dir) for n in names}
-    dense = loss["dense"]["val_curve"]
-    target = args.target_loss if args.target_loss is not None else loss_at(dense, args.target_fraction * args.train_iters)
-    dense_steps = steps_to_target(dense, target)
+    dense, start = loss["dense"]["val_curve"], args.train_iters / 8
+    dense_fn = smooth_curve(dense, dense, start)
+    target = args.target_loss if args.target_loss is not None else dense_fn(args.target_fraction * args.train_iters)
+    dense_steps = steps_to_target_smooth(dense_fn, target, args.train_iters)
     if dense_steps is None:
         raise SystemExit(f"wan_speedrun: the dense run never reaches --target-loss {target}")
     limit = min(2 * dense_steps, args.train_iters)
     rows = []
     for n in names:
         method, bwd_method, fwd, bwd, p, extra = CONFIGS[n]
-        res, steps = loss[n], steps_to_target(loss[n]["val_curve"], target)
-        reached = steps is not None and steps <= limit
+        res = loss[n]
+        steps = steps_to_target_smooth(smooth_curve(res["val_curve"], dense, start), target, limit)
+        reached = steps is not None
         row = {"name": n, "method": method, "bwd_method": bwd_method, "fwd_codec": fwd, "bwd_codec": bwd, "p": p,
                "extra_args": extra, "steps_to_target": steps if reached else None, "reached": reached,
                "steps_ratio": steps / dense_steps if reached else None, "final_val": res["val_loss"],
+               "raw_first_crossing": steps_to_target(res["val_curve"], target),
+               "gap_fit": fit_gap(res["val_curve"], dense, start),
                "bytes_per_token": res["bytes_sent"] / res["tokens_seen"] / (args.pp - 1),
                "val_curve": res["val_curve"], "step_s": {}, "stable": {}, "timing": {}, "T": {}, "T_ratio": {},
                "sweep": {}}
@@ -317,7 +368,7 @@ def measure(args) -> dict:
     for r in rows:
         r["T_ratio"] = {k: (t / base[k] if t is not None else None) for k, t in r["T"].items()}
     result = {"target_loss": target, "target_fraction": None if args.target_loss is not None else args.target_fraction,
-              "dense_steps_to_target": dense_steps, "step_limit": limit, "pp": args.pp, "links": links,
+              "dense_steps_to_target": dense_steps, "dense_fit": fit_power(dense), "step_limit": limit, "pp": args.pp, "links": links,
               "sweep_latency": args.slow_latency, "model": grid["models"][model], "train": grid["train"],
               "data": data_spec(args), "warmup": args.warmup, "window": args.window, "rows": rows,
               "command": "python -m bench.wan_speedrun " + " ".join(sys.argv[1:])}
