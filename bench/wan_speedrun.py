@@ -395,13 +395,13 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-fraction", type=float, default=0.5,
                    help="target = dense validation loss at this fraction of its run (<= 0.5) [0.5]")
     p.add_argument("--target-loss", type=float, default=None, help="a fixed target instead")
-    p.add_argument("--slow-bandwidth", default="1mbit", help="slow link: wire >> compute [1mbit]")
+    p.add_argument("--slow-bandwidth", default="250kbit", help="slow link: wire >> compute [250kbit]")
     p.add_argument("--slow-latency", default="10ms", help="[10ms]")
     p.add_argument("--moderate-bandwidth", default="20mbit", help="moderate link: wire ~ compute [20mbit]")
     p.add_argument("--moderate-latency", default="10ms", help="[10ms]")
     p.add_argument("--sweep-bandwidths", nargs="*", default=None,
                    help="extra bandwidths (at the slow latency) for the PNG's main configurations, e.g. 5mbit 200mbit "
-                        "(the PNG always has the links' own points) [none]")
+                        "(the PNG always has the links' own points) [1mbit]")
     p.add_argument("--warmup", type=int, default=3, help="timing steps left out [3]")
     p.add_argument("--window", type=int, default=3, help="timing window in steps [3]")
     p.add_argument("--data-path", default=None, help="a .bin/.idx prefix instead of the stdlib corpus")
@@ -418,7 +418,7 @@ def get_args(argv=None) -> argparse.Namespace:
     a.out_dir = a.out_dir or os.path.join("runs", "wan_speedrun_quick" if q else "wan_speedrun")
     a.results = a.results or (os.path.join(a.out_dir, "wan_speedrun") if q else "bench/results/wan_speedrun")
     if a.sweep_bandwidths is None:
-        a.sweep_bandwidths = []
+        a.sweep_bandwidths = [] if q else ["1mbit"]
     if not 0 < a.target_fraction <= 0.5:
         p.error(f"--target-fraction {a.target_fraction}: must be in (0, 0.5] (runs last 2x the dense steps)")
     if a.configs:
