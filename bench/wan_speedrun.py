@@ -1,6 +1,6 @@
 """WAN speedrun: wall-clock time to a target validation loss over a slow link (T = steps x step time).
 
-    python -m bench.wan_speedrun                 # the full CPU default (~25 min on 2 cores)
+    python -m bench.wan_speedrun                 # the full CPU default (15 configurations x 2 links)
     python -m bench.wan_speedrun --quick         # two configurations, tiny model, < 1 min
 
 For each configuration (compression method, codecs, lazy-sampling p):
