@@ -12,6 +12,10 @@
 (2) Throughput: encode + decode, in GB/s of the raw tensor, next to a plain x.clone() of the
     same tensor measured in the same run (median of --reps after one warm-up), on CPU and,
     when available, CUDA (synchronised around each timing).
+(4) hquant vs quant at the same bits: encode+decode GB/s as in (2), and relative error
+    ||x_hat - x|| / ||x|| on real boundary tensors: the activation leaving layer 2 of a
+    4-layer GPT (h=128, seq 128, micro batch 8; the PP=2 boundary) and its gradient, after
+    --hquant-steps training steps on --data-args (`--hquant-only` runs this section alone).
 """
 
 import argparse
@@ -132,6 +136,48 @@ def speedup_table(baseline_path: str, device: torch.device, reps: int) -> list:
                 _median_seconds(round_trip, device, reps)
             row[f"ms_{label}"], row[f"gbps_{label}"] = secs * 1e3, raw / secs / 1e9
         row["speedup"] = row["ms_before"] / row["ms_after"]
+HQUANT_SPECS = ["quant:8", "hquant:8", "quant:4", "hquant:4", "hquant:3", "quant:2", "hquant:2"]
+
+
+def boundary_tensors(data_args: list, steps: int) -> tuple:
+    """(activation, gradient) [8, 128, 128] at the middle of a 4-layer GPT after `steps` steps."""
+    from megaclap.arguments import parse_args
+    from megaclap.parallel.state import ParallelState
+    from megaclap.training.trainer import Trainer
+    argv = ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",
+            "--max-position-embeddings", "128", "--micro-batch-size", "8", "--global-batch-size", "8",
+            "--train-iters", str(steps + 1), "--lr", "1e-3", "--lr-warmup-iters", "10", *data_args]
+    from megaclap.training.pretrain import resolve_vocab_size
+    cfg = parse_args(argv)
+    resolve_vocab_size(cfg)
+    tr = Trainer(cfg.validate(1), ParallelState(1, 1, 1, 0, torch.device("cpu")), print_fn=lambda s: None)
+    for _ in range(steps):
+        tr.train_step(tr.data.train.next_batch())
+    got = {}
+
+    def hook(module, inputs, out):
+        got["act"] = out.detach().clone()
+        out.register_hook(lambda g: got.__setitem__("grad", g.detach().clone()))
+    handle = tr.stage.decoder.layers[1].register_forward_hook(hook)
+    tr.train_step(tr.data.train.next_batch())
+    handle.remove()
+    return got["act"], got["grad"]
+
+
+def hquant_table(act: torch.Tensor, grad: torch.Tensor, reps: int) -> list:
+    """GB/s (CPU, GPT-2-small boundary shape) and relative error on the real tensors per codec."""
+    rows = []
+    for spec in HQUANT_SPECS:
+        codec, row = parse_codec(spec), {"codec": spec}
+        for dname, dtype in DTYPES.items():
+            x = torch.randn(SHAPE).to(dtype)
+            secs = _median_seconds(lambda: codec.decode(codec.encode(x, seed=1), SHAPE, dtype, seed=1),
+                                   torch.device("cpu"), reps)
+            row[f"gbps_{dname}"] = x.numel() * x.element_size() / secs / 1e9
+        for name, t in (("act", act), ("grad", grad)):
+            y = codec.decode(codec.encode(t, seed=5), t.shape, t.dtype, seed=5)
+            row[f"rel_err_{name}"] = float((y - t).norm() / t.norm())
+        row["ratio_fp32"] = codec.payload_nbytes(act.shape, torch.float32) / (act.numel() * 4)
         rows.append(row)
     return rows
 
@@ -155,8 +201,19 @@ def main() -> None:
     parser.add_argument("--baseline-codecs", default=None,
                         help="codecs.py of another checkout: adds the before/after table (4)")
     parser.add_argument("--speedup-only", action="store_true", help="run only table (4)")
+    parser.add_argument("--hquant-steps", type=int, default=100, help="training steps before (5) captures tensors")
+    parser.add_argument("--hquant-only", action="store_true", help="run only table (5)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.hquant_only:
+        act, grad = boundary_tensors(args.data_args.split(), args.hquant_steps)
+        rows = hquant_table(act, grad, args.reps)
+        print_table(f"(5) hquant vs quant: CPU GB/s on {list(SHAPE)}, rel err on real boundary tensors "
+                    f"{list(act.shape)} after {args.hquant_steps} steps", rows,
+                    ["codec", "ratio_fp32", "gbps_bf16", "gbps_fp32", "rel_err_act", "rel_err_grad"])
+        _write(args.out, {"hquant": rows, "data_args": args.data_args, "steps": args.hquant_steps,
+                          "torch": torch.__version__, "cpu_threads": torch.get_num_threads()})
+        return
     if args.speedup_only:
         torch.set_num_threads(1)
         if not args.baseline_codecs:

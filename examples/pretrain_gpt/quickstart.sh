@@ -3,9 +3,11 @@
 #   1. build a corpus from this Python's standard library (sources and docstrings, jsonl)
 #   2. train a sentencepiece tokenizer on it          (tools/train_tokenizer.py)
 #   3. tokenize it into Megatron .bin/.idx files       (tools/preprocess_data.py)
-#   4. pretrain gpt-tiny with pipeline parallelism (PP=2; TP=2 as well with 4+ cores),
-#      Clapping-FU compression on the pipeline boundary and lazy sampling
-#   5. summarise: losses, tokens/s, pipeline bytes sent vs raw, the TensorBoard command
+#   4. pretrain gpt-tiny with pipeline parallelism (PP=2; TP=2 as well with 4+ cores) and the
+#      compression bench/wan_speedrun.py finds fastest to a target loss over slow links:
+#      direct Hadamard-rotated quantization, 3-bit activations and 4-bit gradients
+#   5. summarise: losses, tokens/s, pipeline bytes sent vs raw, what those bytes would cost on
+#      a 200 Mbit/s + 50 ms link against dense, the TensorBoard command
 #
 #   make quickstart                       # a few minutes
 #   QUICK=1 bash examples/pretrain_gpt/quickstart.sh    # under 3 minutes (CI)
@@ -87,8 +89,8 @@ TRAIN_ITERS=$TRAIN_ITERS LR_WARMUP_ITERS=$((TRAIN_ITERS / 10)) \
 LOG_INTERVAL=$LOG_INTERVAL EVAL_INTERVAL=$EVAL_INTERVAL TENSORBOARD_DIR="$TB_DIR" \
 DATA_ARGS="--data-path ${DATA}_text_document --split 98,2,0
            --tokenizer-type SentencePieceTokenizer --tokenizer-model $TOKENIZER.model" \
-COMPRESSION_ARGS="--pp-compression-method clapping-fu --pp-fwd-codec topk:0.1
-                  --pp-bwd-codec quant:8 --lazy-sampling-prob 0.5" \
+COMPRESSION_ARGS="--pp-compression-method direct --pp-fwd-codec hquant:3
+                  --pp-bwd-codec hquant:4:sr" \
     bash "$SCRIPT_DIR/pretrain_gpt_distributed.sh" "${BATCH_ARGS[@]}" --eval-iters "$EVAL_ITERS" \
     --decoder-last-pipeline-num-layers 1 \
     2>&1 | tee "$LOG"

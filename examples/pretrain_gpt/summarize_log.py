@@ -2,6 +2,10 @@
 
     python examples/pretrain_gpt/summarize_log.py runs/quickstart/train_full.log
 
+It also prices the run's measured pipeline bytes per step on a WAN link (default 200 Mbit/s +
+50 ms, Protocol NanoGPT's) with the simulated links' wire-time model, bytes * 8 / bandwidth +
+latency per message, against the same run's dense (uncompressed) bytes.
+
 The last line is `quickstart: first loss X final loss Y`; the exit status is 1 when the
 final training loss is not below the first (or the log has no training lines).
 """
@@ -23,6 +27,7 @@ FIELD_RE = {
     "sent": re.compile(r"pp bytes sent: " + NUM),
     "raw": re.compile(r"pp raw bytes: " + NUM),
 }
+WORLD_RE = re.compile(r"pp (\d+), device \w+, (\d+) microbatches per step")
 VALID_RE = re.compile(r"validation loss at iteration (\d+) \| lm loss value: " + NUM)
 
 
@@ -34,6 +39,8 @@ class LogSummary:
     valid: list             # (iteration, loss)
     bytes_sent: float       # pipeline payload bytes over the logged intervals, all boundaries
     bytes_raw: float        # what the same traffic would have been uncompressed
+    pp: int = 0             # pipeline stages and microbatches per step (from the start-up line)
+    microbatches: int = 0
 
     @property
     def first_loss(self) -> float:
@@ -75,6 +82,9 @@ def parse_log(text: str) -> LogSummary:
                 s.bytes_sent += sent
                 s.bytes_raw += raw_bytes(line, sent)
             continue
+        m = WORLD_RE.search(line)
+        if m:
+            s.pp, s.microbatches = int(m.group(1)), int(m.group(2))
         m = VALID_RE.search(line)
         if m:
             s.valid.append((int(m.group(1)), float(m.group(2))))
@@ -104,10 +114,25 @@ def summary_lines(s: LogSummary) -> list:
     return lines
 
 
+def wan_lines(s: LogSummary, mbit: float, latency_ms: float) -> list:
+    """Wire time per step of this run's measured bytes vs dense on one link (per-message model)."""
+    steps = s.iterations[-1] if s.iterations else 0
+    if not steps or s.bytes_raw <= 0 or s.pp < 2:
+        return []
+    messages = 2 * s.microbatches * (s.pp - 1)  # activations forward + gradients backward
+    wire = [b / steps * 8 / (mbit * 1e6) + messages * latency_ms / 1e3 for b in (s.bytes_sent, s.bytes_raw)]
+    return [f"  on {mbit:g} Mbit/s + {latency_ms:g} ms  {s.bytes_sent / steps / 1e6:.2f} MB/step -> wire "
+            f"{wire[0]:.3f} s/step vs dense {s.bytes_raw / steps / 1e6:.2f} MB -> {wire[1]:.3f} s/step "
+            f"({wire[1] / wire[0]:.2f}x less wire time; bytes*8/bw + latency per message, "
+            f"{messages} messages/step)"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", help="training log (stdout of pretrain_gpt.py)")
     parser.add_argument("--tensorboard-dir", default=None, help="printed as a tensorboard command")
+    parser.add_argument("--wan-mbit", type=float, default=200.0, help="link bandwidth to price bytes on [200]")
+    parser.add_argument("--wan-latency-ms", type=float, default=50.0, help="link latency per message [50]")
     args = parser.parse_args(argv)
     with open(args.log, encoding="utf-8", errors="replace") as f:
         s = parse_log(f.read())
@@ -115,7 +140,7 @@ def main(argv=None) -> int:
         print(f"quickstart: no training log lines in {args.log}", file=sys.stderr)
         return 1
     print(f"quickstart summary ({args.log})")
-    print("\n".join(summary_lines(s)))
+    print("\n".join(summary_lines(s) + wan_lines(s, args.wan_mbit, args.wan_latency_ms)))
     if args.tensorboard_dir:
         print(f"  TensorBoard:      tensorboard --logdir {args.tensorboard_dir}")
     print(f"quickstart: first loss {s.first_loss:.4f} final loss {s.final_loss:.4f}")

@@ -13,6 +13,11 @@ boundary. x is what the stage sends, C the codec, m a reference held identically
     clapping-fu  fresh: x raw, m <- x; else as ef21    m               m per slot
     clapping-fc  fresh: m <- 0 (or kept); as ef21      m               m per slot
 
+Clapping's fresh-step codec F (`fresh_codec`, --clapping-fresh-codec): on a fresh step both
+Clapping methods send F(x) against a zero reference (m <- F(x)) and reuse steps send deltas
+with C. F = identity is clapping-fu, F = C is clapping-fc (zero init); None keeps each method's
+own rule (fu: identity, fc: C).
+
 How both ends stay bit-identical without sending m: the sender builds the payload
 (`_encode`), then runs exactly the receiver's update (`_advance`) on its own payload bytes.
 With a lossless codec (identity, or a cast to the tensor's own dtype) every method sends x's
@@ -45,7 +50,7 @@ def default_bwd_method(fwd_method: str) -> str:
 
 
 def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identity",
-                         bwd_codec: str = "identity", fc_init: str = "zero") -> None:
+                         bwd_codec: str = "identity", fc_init: str = "zero", fresh_codec=None) -> None:
     """Raise ValueError (one line, naming the flag) for an invalid compression setting."""
     allowed = ", ".join(METHODS)
     if method not in METHODS:
@@ -61,6 +66,14 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
         if meth == "none" and codec.spec != "identity":
             raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
                              f"pick a method such as direct or clapping-fu, or use {flag} identity")
+    if fresh_codec is not None:
+        parse_codec(fresh_codec, "--clapping-fresh-codec")
+        if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
+            raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
+                             "--pp-bwd-compression-method) clapping-fu or clapping-fc")
+        if "clapping-fc" in (method, bwd) and fc_init != "zero":
+            raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
+                             "it needs --clapping-fc-init zero")
 
 
 def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:
@@ -131,7 +144,7 @@ class Channel:
 
     def __init__(self, method: str, codec, shape, dtype: torch.dtype, device, *, boundary: int,
                  direction: str, slot: int, fc_init: str = "zero", store: AqsgdStore = None,
-                 seed: int = 0, batch_dim: int = 0, track_error: bool = True):
+                 seed: int = 0, batch_dim: int = 0, track_error: bool = True, fresh_codec=None):
         validate_compression(method, fc_init=fc_init)
         if direction not in _DIRECTIONS:
             raise ValueError(f"Channel direction must be 'fwd' or 'bwd', got {direction!r}")
@@ -145,6 +158,12 @@ class Channel:
             raise ValueError(f"aqsgd needs an AqsgdStore with row shape {self.row_shape} (one per boundary "
                              f"and direction, shared by its slots)")
         self.lossless = method == "none" or self.codec.is_lossless(dtype)
+        if isinstance(fresh_codec, str):
+            fresh_codec = parse_codec(fresh_codec, "--clapping-fresh-codec")
+        self.fresh_codec = fresh_codec if method in ("clapping-fu", "clapping-fc") else None
+        # fresh steps that send x raw and set m <- x: clapping-fu's rule, or a lossless fresh codec
+        self.fresh_raw = (method == "clapping-fu" if self.fresh_codec is None
+                          else self.fresh_codec.is_lossless(dtype))
         self.raw_nbytes = _numel(self.shape) * _itemsize(dtype)
         self.m = None  # reference, [*shape] (ef21 / clapping-*)
         self.e = None  # error-feedback residual, [*shape] (ef, sender only)
@@ -155,7 +174,7 @@ class Channel:
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
         """Exact payload size for this step (both ends compute it alike)."""
-        if self.lossless or (self.method == "clapping-fu" and fresh):
+        if self.lossless or (self.fresh_raw and fresh):
             return self.raw_nbytes
         if self.method == "aqsgd":
             new = int((self.store.find(sample_ids) < 0).sum())
@@ -163,7 +182,7 @@ class Channel:
             row_bytes = self.raw_nbytes // self.shape[self.batch_dim]
             compressed = self.codec.payload_nbytes((old, *self.row_shape), self.dtype) if old else 0
             return new * row_bytes + compressed
-        return self.codec.payload_nbytes(self.shape, self.dtype)
+        return self._step_codec(fresh).payload_nbytes(self.shape, self.dtype)
 
     def empty_payload(self, *, fresh: bool, sample_ids=None) -> torch.Tensor:
         """Receive buffer of this step's exact payload size: a new [*shape] tensor for `none`,
@@ -222,8 +241,12 @@ class Channel:
     def _begin(self, fresh: bool) -> None:
         """State change at the start of a step, before anything is encoded (both ends)."""
         self._remember()
-        if self.method == "clapping-fc" and fresh and self.fc_init == "zero":
+        if fresh and (self.fresh_codec is not None or (self.method == "clapping-fc" and self.fc_init == "zero")):
             self.m = None  # read as zeros
+
+    def _step_codec(self, fresh: bool):
+        """The codec of this step's payload: the fresh-step codec on a fresh Clapping step."""
+        return self.fresh_codec if fresh and self.fresh_codec is not None else self.codec
 
     def _ref(self) -> torch.Tensor:
         if self.m is None:
@@ -234,7 +257,7 @@ class Channel:
         """Sender only: the payload for x given the state before this step's update."""
         if self.method == "none":
             return x
-        if self.lossless or (self.method == "clapping-fu" and fresh):
+        if self.lossless or (self.fresh_raw and fresh):
             return _bytes(x)
         if self.method == "direct":
             return self.codec.encode(x, seed)
@@ -242,7 +265,7 @@ class Channel:
             return self.codec.encode(x if self.e is None else x + self.e, seed)
         if self.method == "aqsgd":
             return self._encode_aqsgd(x, seed, sample_ids)
-        return self.codec.encode(x - self._ref(), seed)  # ef21, clapping-fc, clapping-fu
+        return self._step_codec(fresh).encode(x - self._ref(), seed)  # ef21, clapping-fc, clapping-fu
 
     def _advance(self, payload: torch.Tensor, seed: int, fresh: bool, sample_ids) -> torch.Tensor:
         """Both ends: decode the payload, update the reference, return what the receiver uses."""
@@ -250,12 +273,12 @@ class Channel:
             return payload
         if self.method == "aqsgd":
             return self._advance_aqsgd(payload, seed, sample_ids)
-        if self.lossless or (self.method == "clapping-fu" and fresh):
+        if self.lossless or (self.fresh_raw and fresh):
             x_hat = _as_dtype(payload, self.dtype).reshape(self.shape).clone()
             if self.method in _REFERENCE:
                 self.m = x_hat
             return x_hat.detach()
-        c = self.codec.decode(payload, self.shape, self.dtype, seed)
+        c = self._step_codec(fresh).decode(payload, self.shape, self.dtype, seed)
         if self.method in ("direct", "ef"):
             return c
         self.m = c if self.m is None else self.m + c  # out of place: returned tensors never change

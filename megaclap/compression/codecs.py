@@ -25,7 +25,8 @@ import math
 import torch
 
 CHUNK = 65536
-CODEC_HELP = "identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8)"
+CODEC_HELP = ("identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8), "
+              "hquant:B[:block][:sr] (B in 2,3,4,8; megaclap/compression/hquant.py)")
 _CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -326,4 +327,7 @@ def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec
         if args[0] not in ("2", "4", "8"):
             raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
         return QuantCodec(int(args[0]), len(args) == 2, spec)
+    if name == "hquant":
+        from .hquant import parse_hquant
+        return parse_hquant(spec, args, flag, CODEC_HELP)
     raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")

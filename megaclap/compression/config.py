@@ -21,7 +21,7 @@ class CompressionConfig:
 
     fwd_codec: str = field(default="identity", metadata={"flag": "--pp-fwd-codec", "metavar": "CODEC"})
     """--pp-fwd-codec: codec for activations: identity, cast:bf16|fp16, topk:R, randk:R[:scale],
-    quant:B[:sr] (0<R<=1, B in 2,4,8)."""
+    quant:B[:sr], hquant:B[:block][:sr] (0<R<=1; quant B in 2,4,8; hquant B in 2,3,4,8)."""
 
     bwd_codec: str = field(default="identity", metadata={"flag": "--pp-bwd-codec", "metavar": "CODEC"})
     """--pp-bwd-codec: codec for activation gradients (same choices); usually milder than the forward one."""
@@ -29,6 +29,11 @@ class CompressionConfig:
     clapping_fc_init: str = field(default="zero", metadata={"choices": FC_INITS})
     """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous
     (keep m from the previous batch)."""
+
+    clapping_fresh_codec: str = field(default=None, metadata={"metavar": "CODEC"})
+    """--clapping-fresh-codec: codec of Clapping's fresh steps, sent against a zero reference:
+    identity = clapping-fu, the delta codec = clapping-fc (zero init), others lie between;
+    unset keeps each method's own rule. Applies to every clapping-fu/fc direction."""
 
     aqsgd_store_dir: str = None
     """--aqsgd-store-dir: directory for AQ-SGD's per-sample store as memmap files; unset keeps
@@ -44,7 +49,7 @@ class CompressionConfig:
     def validate(self) -> None:
         """Raise ValueError naming the flag to change."""
         validate_compression(self.method, self.bwd_method, self.fwd_codec, self.bwd_codec,
-                             self.clapping_fc_init)
+                             self.clapping_fc_init, self.clapping_fresh_codec)
 
     @property
     def effective_bwd_method(self) -> str:

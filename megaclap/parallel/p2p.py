@@ -45,7 +45,8 @@ def evaluation_compression(c):
     applied directly (what a biased codec imposes), never touching training's references."""
     method = "direct" if c.eval_with_compression and c.method != "none" else "none"
     return dataclasses.replace(c, method=method, bwd_method="none", bwd_codec="identity",
-                               fwd_codec=c.fwd_codec if method == "direct" else "identity")
+                               fwd_codec=c.fwd_codec if method == "direct" else "identity",
+                               clapping_fresh_codec=None)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class P2P:
         bwd = c.bwd_method or default_bwd_method(c.method)
         self.methods = {"fwd": (c.method, parse_codec(c.fwd_codec)), "bwd": (bwd, parse_codec(c.bwd_codec))}
         self.fc_init, self.store_dir = c.clapping_fc_init, c.aqsgd_store_dir
+        self.fresh_codec = c.clapping_fresh_codec
         self.channels: dict = {}
         self.stores: dict = {}
         self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
@@ -147,7 +149,7 @@ class P2P:
             self.channels[key] = Channel(method, codec, self.shape, self.dtype, self.pstate.device,
                                          boundary=boundary, direction=direction, slot=slot,
                                          fc_init=self.fc_init, store=self._store(boundary, direction),
-                                         seed=self.seed)
+                                         seed=self.seed, fresh_codec=self.fresh_codec)
         return self.channels[key]
 
     # --- building blocks -----------------------------------------------------------------
