@@ -64,7 +64,7 @@ def dry_run(*extra: str, **env) -> tuple[list, list]:
 
 # --- (1) quickstart -------------------------------------------------------------------------------
 def test_quickstart_quick_mode(tmp_path):
-    """QUICK=1: stdlib corpus -> tokenizer -> .bin/.idx -> PP=2 Clapping-FU run; loss goes down."""
+    """QUICK=1: stdlib corpus -> tokenizer -> .bin/.idx -> PP=2 the recommended slow-link configuration run; loss goes down."""
     out = subprocess.run(["bash", str(EXAMPLES / "quickstart.sh")],
                          env=script_env(QUICK=1, OUT_DIR=tmp_path / "qs", PYTHON=sys.executable),
                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
