@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
-import statistics
 import sys
 
 if __package__ in (None, ""):
@@ -46,6 +44,8 @@ if __package__ in (None, ""):
 
 from tools import ablate, ablate_report  # noqa: E402
 from tools.ablate_data import DataPlan  # noqa: E402
+from bench.wan_fit import (fit_gap, fit_power, loss_at, smooth_curve, steady_step_time,  # noqa: E402,F401
+                           steps_to_target, steps_to_target_smooth)
 
 # name: (method, bwd_method, fwd codec, bwd codec, p, extra flags); dense is the baseline
 Q8 = "hquant:8"
@@ -141,90 +141,6 @@ def timing_iters(seed: int, p, window: int, warmup: int) -> int:
 
 
 # --- measurements ------------------------------------------------------------------------------
-def steady_step_time(times: list, fresh: list, p, warmup: int, window: int, weight_p="same") -> dict:
-    """Steady-state seconds per step from per-step times (see the module docstring); fresh and
-    repeated steps weighted by `weight_p` (default: the run's own p). A kind of step the run
-    lacks (a run without lazy sampling has no repeats) takes the other kind's time."""
-    out = {}
-    for kind in ("fresh", "repeat"):
-        ts = [t for t, f in zip(times[warmup:], fresh[warmup:]) if f == (kind == "fresh")]
-        if not ts:
-            continue
-        wins = [statistics.mean(ts[i:i + window]) for i in range(0, len(ts) - window + 1, window)] or [statistics.mean(ts)]
-        med = statistics.median(wins)
-        agree = [w for w in wins if abs(w - med) <= 0.02 * med]
-        out[kind] = {"s": statistics.median(agree or wins), "windows": wins, "agree": len(agree)}
-    q = p if weight_p == "same" else weight_p
-    t_fresh = out.get("fresh", out.get("repeat"))["s"]
-    t_repeat = out.get("repeat", out.get("fresh"))["s"]
-    total = t_fresh if q is None else q * t_fresh + (1 - q) * t_repeat
-    return {"step_s": total, "stable": all(v["agree"] >= 2 for v in out.values()), **out}
-
-
-def steps_to_target(curve, target: float):
-    """First (interpolated) step at which the validation curve [[steps], [losses]] is <= target."""
-    prev = (0, math.inf)
-    for step, loss in zip(*curve):
-        if loss <= target:
-            if not math.isfinite(prev[1]):
-                return float(step)
-            return prev[0] + (step - prev[0]) * (prev[1] - target) / (prev[1] - loss)
-        prev = (step, loss)
-    return None
-
-
-def fit_power(curve) -> tuple:
-    """Least-squares a + b * step^-c through a validation curve (c on a grid, a and b exact)."""
-    import numpy as np
-    x, y = np.asarray(curve[0], float), np.asarray(curve[1], float)
-    best = None
-    for c in np.linspace(0.05, 3.0, 120):
-        basis = np.stack([np.ones_like(x), x ** -c], 1)
-        coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
-        sse = float(((basis @ coef - y) ** 2).sum())
-        if best is None or sse < best[0]:
-            best = (sse, float(coef[0]), float(coef[1]), float(c))
-    return best[1:]
-
-
-def fit_gap(curve, dense, start: float) -> tuple:
-    """Least-squares line (alpha, beta) through curve - dense at their common steps >= start."""
-    import numpy as np
-    ref = dict(zip(*dense))
-    pts = [(s, v - ref[s]) for s, v in zip(*curve) if s in ref and s >= start]
-    x, y = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
-    if len(pts) < 2:
-        return (float(y.mean()) if len(pts) else 0.0, 0.0)
-    beta, alpha = np.polyfit(x, y, 1)
-    return float(alpha), float(beta)
-
-
-def smooth_curve(curve, dense, start: float):
-    """step -> dense fit + this run's gap fit (see the module docstring)."""
-    a, b, c = fit_power(dense)
-    alpha, beta = fit_gap(curve, dense, start)
-    return lambda step: a + b * step ** -c + alpha + beta * step
-
-
-def steps_to_target_smooth(fn, target: float, limit: float, resolution: float = 0.1):
-    """First step in (0, limit] (on a grid of `resolution`) where fn(step) <= target, else None."""
-    step = resolution
-    while step <= limit:
-        if fn(step) <= target:
-            return step
-        step += resolution
-    return None
-
-
-def loss_at(curve, step: float) -> float:
-    """Validation loss at `step`, linearly interpolated between evaluation points."""
-    steps, losses = curve
-    for (s0, l0), (s1, l1) in zip(zip(steps, losses), zip(steps[1:], losses[1:])):
-        if s0 <= step <= s1:
-            return l0 + (l1 - l0) * (step - s0) / (s1 - s0)
-    raise ValueError(f"no validation points around step {step} (evaluated at {steps})")
-
-
 def iteration_times(cell_dir: str) -> list:
     """Seconds of each training step (iteration-time scalar, --log-interval 1)."""
     pts = ablate_report.read_scalars(os.path.join(cell_dir, "tb")).get("iteration-time", [])
@@ -239,6 +155,17 @@ def is_clapping(name: str) -> bool:
 def is_stateless(name: str) -> bool:
     method, bwd, _, _, p, _ = CONFIGS[name]
     return method in ("none", "direct") and (bwd or method) in ("none", "direct") and p is None
+
+
+def clapping_verdict(ratio: float, clap: dict, free: dict, link: str) -> str:
+    """'pays' only when Clapping is more than 5% faster on stable timings; 'does not pay' when it
+    is no faster on stable timings; otherwise no clear winner (the machine's timing noise)."""
+    stable = clap["stable"][link] and free["stable"][link]
+    if stable and ratio < 0.95:
+        return "Clapping pays"
+    if stable and ratio >= 1:
+        return "Clapping does not pay"
+    return "no clear winner (within 5% or timing windows unstable)"
 
 
 def verdicts(rows: list, links: dict) -> list:
@@ -257,7 +184,7 @@ def verdicts(rows: list, links: dict) -> list:
             c, s = min(clap, key=lambda r: r["T"][link]), min(free, key=lambda r: r["T"][link])
             ratio = c["T"][link] / s["T"][link]
             line += (f"; best Clapping {c['name']} T = {c['T'][link]:.1f} s, {ratio:.2f}x the best stateless "
-                     f"({s['name']}, {s['T'][link]:.1f} s): Clapping {'pays' if ratio < 1 else 'does not pay'}")
+                     f"({s['name']}, {s['T'][link]:.1f} s): {clapping_verdict(ratio, c, s, link)}")
         lines.append(line)
     return lines
 
