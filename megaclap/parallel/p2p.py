@@ -206,7 +206,7 @@ class P2P:
         key = (direction, slot)
         if not self.early_recv or key in self.posted:
             return
-        ops, recv, _ = (self._fwd_recv if direction == "fwd" else self._bwd_recv)(slot, info, ids)
+        ops, recv, _ = self._recv_ops(direction, slot, info, ids)
         if ops:
             with self.timers.phase("p2p-wait"):
                 self.posted[key] = (self._issue(ops), recv)
@@ -230,32 +230,27 @@ class P2P:
         self.pending.clear()
 
     # --- the six operations a schedule uses ---------------------------------------------
-    def _fwd_send(self, y, slot, info, ids) -> list:
+    def _neighbour(self, direction: str, receiving: bool) -> Optional[tuple]:
+        """(peer rank, boundary) of a message in `direction` that this stage sends or receives;
+        None at the pipeline's end. Forward receives and backward sends face the previous stage."""
         ps = self.pstate
-        return [] if ps.is_last_stage else self._encode(y, ps.next_rank, ps.pp_rank, "fwd", slot, info, ids)
+        if (direction == "fwd") == receiving:
+            return None if ps.is_first_stage else (ps.prev_rank, ps.pp_rank - 1)
+        return None if ps.is_last_stage else (ps.next_rank, ps.pp_rank)
 
-    def _bwd_send(self, g, slot, info, ids) -> list:
-        ps = self.pstate
-        return [] if ps.is_first_stage else self._encode(g, ps.prev_rank, ps.pp_rank - 1, "bwd", slot, info, ids)
+    def _send_ops(self, x, direction: str, slot, info, ids) -> list:
+        n = self._neighbour(direction, receiving=False)
+        return [] if n is None else self._encode(x, *n, direction, slot, info, ids)
 
-    def _fwd_recv(self, slot, info, ids):
-        """(ops to post, the receive, waits of an early post) for microbatch slot's activation."""
-        ps = self.pstate
-        if ps.is_first_stage:
+    def _recv_ops(self, direction: str, slot, info, ids):
+        """(ops to post, the receive, waits of an early post) for microbatch slot's message."""
+        n = self._neighbour(direction, receiving=True)
+        if n is None:
             return [], None, []
-        if ("fwd", slot) in self.posted:
-            waits, recv = self.posted.pop(("fwd", slot))
+        if (direction, slot) in self.posted:
+            waits, recv = self.posted.pop((direction, slot))
             return [], recv, waits
-        return (*self._post(ps.prev_rank, ps.pp_rank - 1, "fwd", slot, info, ids), [])
-
-    def _bwd_recv(self, slot, info, ids):
-        ps = self.pstate
-        if ps.is_last_stage:
-            return [], None, []
-        if ("bwd", slot) in self.posted:
-            waits, recv = self.posted.pop(("bwd", slot))
-            return [], recv, waits
-        return (*self._post(ps.next_rank, ps.pp_rank, "bwd", slot, info, ids), [])
+        return (*self._post(*n, direction, slot, info, ids), [])
 
     def _run(self, sends: list, posted: tuple, info: StepInfo, leaf: bool):
         """Issue sends + receive as one group (or only the sends, the receive posted early);
@@ -283,30 +278,30 @@ class P2P:
 
     def recv_forward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Activation from the previous stage, as a leaf that will collect its gradient."""
-        return self._run([], self._fwd_recv(slot, info, ids), info, leaf=True)
+        return self._run([], self._recv_ops("fwd", slot, info, ids), info, leaf=True)
 
     def send_forward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._run(self._fwd_send(y, slot, info, ids), ([], None, []), info, leaf=False)
+        self._run(self._send_ops(y, "fwd", slot, info, ids), ([], None, []), info, leaf=False)
 
     def recv_backward(self, slot: int, info: StepInfo, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Gradient of this stage's output, from the next stage."""
-        return self._run([], self._bwd_recv(slot, info, ids), info, leaf=False)
+        return self._run([], self._recv_ops("bwd", slot, info, ids), info, leaf=False)
 
     def send_backward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
-        self._run(self._bwd_send(g, slot, info, ids), ([], None, []), info, leaf=False)
+        self._run(self._send_ops(g, "bwd", slot, info, ids), ([], None, []), info, leaf=False)
 
     def send_forward_recv_backward(self, y: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor,
                                    recv_slot: int, recv_ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Send microbatch `slot`'s activation and receive microbatch `recv_slot`'s gradient,
         both with the next stage, as one group."""
-        return self._run(self._fwd_send(y, slot, info, ids), self._bwd_recv(recv_slot, info, recv_ids),
+        return self._run(self._send_ops(y, "fwd", slot, info, ids), self._recv_ops("bwd", recv_slot, info, recv_ids),
                          info, leaf=False)
 
     def send_backward_recv_forward(self, g: torch.Tensor, slot: int, info: StepInfo, ids: torch.Tensor,
                                    recv_slot: int, recv_ids: torch.Tensor) -> Optional[torch.Tensor]:
         """Send microbatch `slot`'s input gradient and receive microbatch `recv_slot`'s activation,
         both with the previous stage, as one group."""
-        return self._run(self._bwd_send(g, slot, info, ids), self._fwd_recv(recv_slot, info, recv_ids),
+        return self._run(self._send_ops(g, "bwd", slot, info, ids), self._recv_ops("fwd", recv_slot, info, recv_ids),
                          info, leaf=True)
 
     # --- the step's commit (after the optimizer's skip decision, identical on all ranks) ---
