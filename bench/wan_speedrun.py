@@ -44,8 +44,8 @@ if __package__ in (None, ""):
 
 from tools import ablate, ablate_report  # noqa: E402
 from tools.ablate_data import DataPlan  # noqa: E402
-from bench.wan_fit import (fit_gap, fit_power, loss_at, smooth_curve, steady_step_time,  # noqa: E402,F401
-                           steps_to_target, steps_to_target_smooth)
+from bench.wan_fit import (fit_gap, fit_power, smooth_curve, steady_step_time, steps_to_target,  # noqa: E402
+                           steps_to_target_smooth)
 
 # name: (method, bwd_method, fwd codec, bwd codec, p, extra flags); dense is the baseline
 Q8 = "hquant:8"

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from bench import wan_fit as wf
 from bench import wan_speedrun as ws
 from tools.ablate_data import load_example
 
@@ -12,30 +13,30 @@ def test_steady_step_time_weights_fresh_and_repeated_steps_by_p():
     """Fresh steps 1.0 s, repeated 0.2 s, warm-up steps slow: p=0.25 gives 0.25 + 0.15."""
     fresh = [True, False, True, False, True, True, True, True, True, True, False, False, False, False, False, False]
     times = [9.0, 9.0] + [1.0 if f else 0.2 for f in fresh[2:]]
-    st = ws.steady_step_time(times, fresh, 0.25, warmup=2, window=3)
+    st = wf.steady_step_time(times, fresh, 0.25, warmup=2, window=3)
     assert st["step_s"] == pytest.approx(0.25 * 1.0 + 0.75 * 0.2)
     assert st["stable"] and st["fresh"]["s"] == 1.0 and st["repeat"]["s"] == 0.2
     # the same run's times serve another p; a run without repeats serves a lazy configuration
-    assert ws.steady_step_time(times, fresh, 0.25, 2, 3, weight_p=0.5)["step_s"] == pytest.approx(0.6)
-    assert ws.steady_step_time([0.5] * 9, [True] * 9, None, 3, 3, weight_p=0.5)["step_s"] == pytest.approx(0.5)
+    assert wf.steady_step_time(times, fresh, 0.25, 2, 3, weight_p=0.5)["step_s"] == pytest.approx(0.6)
+    assert wf.steady_step_time([0.5] * 9, [True] * 9, None, 3, 3, weight_p=0.5)["step_s"] == pytest.approx(0.5)
 
 
 def test_steady_step_time_keeps_only_windows_that_agree():
     """One slow window (a hiccup) among agreeing ones is left out, and a run whose windows all
     disagree is flagged unstable."""
     times = [1.0] * 3 + [1.0, 1.01, 0.99, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
-    st = ws.steady_step_time(times, [True] * len(times), None, warmup=3, window=3)
+    st = wf.steady_step_time(times, [True] * len(times), None, warmup=3, window=3)
     assert st["step_s"] == pytest.approx(1.0) and st["stable"]
     wild = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
-    assert not ws.steady_step_time(wild, [True] * 6, None, warmup=0, window=1)["stable"]
+    assert not wf.steady_step_time(wild, [True] * 6, None, warmup=0, window=1)["stable"]
 
 
 def test_steps_to_target_interpolates_and_says_when_never_reached():
     curve = [[10, 20, 30, 40], [6.0, 5.0, 4.0, 3.5]]
-    assert ws.steps_to_target(curve, 4.5) == pytest.approx(25.0)
-    assert ws.steps_to_target(curve, 6.5) == pytest.approx(10.0)
-    assert ws.steps_to_target(curve, 3.0) is None
-    assert ws.loss_at(curve, 35) == pytest.approx(3.75)
+    assert wf.steps_to_target(curve, 4.5) == pytest.approx(25.0)
+    assert wf.steps_to_target(curve, 6.5) == pytest.approx(10.0)
+    assert wf.steps_to_target(curve, 3.0) is None
+    assert wf.loss_at(curve, 35) == pytest.approx(3.75)
 
 
 def test_smoothed_steps_to_target_cancels_shared_evaluation_noise():
@@ -49,11 +50,11 @@ def test_smoothed_steps_to_target_cancels_shared_evaluation_noise():
     dense = [steps, [law(s) + e for s, e in zip(steps, noise)]]
     slow = [steps, [law(0.8 * s) + e for s, e in zip(steps, noise)]]
     target = law(100)
-    fn = ws.smooth_curve(dense, dense, 40)
-    assert ws.steps_to_target_smooth(fn, target, 320) == pytest.approx(100, abs=6)
-    got = ws.steps_to_target_smooth(ws.smooth_curve(slow, dense, 40), target, 320)
+    fn = wf.smooth_curve(dense, dense, 40)
+    assert wf.steps_to_target_smooth(fn, target, 320) == pytest.approx(100, abs=6)
+    got = wf.steps_to_target_smooth(wf.smooth_curve(slow, dense, 40), target, 320)
     assert got == pytest.approx(125, abs=6)
-    assert ws.steps_to_target_smooth(ws.smooth_curve(slow, dense, 40), target, 110) is None
+    assert wf.steps_to_target_smooth(wf.smooth_curve(slow, dense, 40), target, 110) is None
 
 
 def test_quick_run_writes_the_table_and_T_is_steps_times_step_time(tmp_path):
@@ -65,12 +66,13 @@ def test_quick_run_writes_the_table_and_T_is_steps_times_step_time(tmp_path):
     # fp32 activations forward + gradients backward, h = 32: 2 * 4 * 32 bytes per token exactly
     assert rows["dense"]["bytes_per_token"] == 256
     assert rows["hquant4"]["bytes_per_token"] < 0.25 * 256
+    assert rows["dense"]["reached"]  # the target is the dense run's own loss: it must reach it
     for r in rows.values():
         if r["reached"]:
             assert r["T"]["slow"] == pytest.approx(r["steps_to_target"] * r["step_s"]["slow"])
             assert r["T_ratio"]["slow"] == pytest.approx(r["T"]["slow"] / rows["dense"]["T"]["slow"])
         assert r["step_s"]["slow"] > 0 and math.isfinite(r["step_s"]["slow"])
-    a, b, c = ws.fit_power(rows["dense"]["val_curve"])
+    a, b, c = wf.fit_power(rows["dense"]["val_curve"])
     assert res["target_loss"] == pytest.approx(a + b * 12 ** -c, abs=1e-3)
     table = (out / "wan_speedrun.md").read_text()
     assert "| dense |" in table and "| hquant4 |" in table

@@ -109,12 +109,10 @@ _load_shard = fmt.load_file
 
 
 def locate(root: str) -> tuple[int, str]:
-    """(iteration, path of the tp 0 / pp 0 shard) of the tracked checkpoint in root; an
-    interrupted re-save is repaired first (format.recover) and reported on stdout."""
+    """(iteration, path of the tp 0 / pp 0 shard) of the tracked checkpoint in root. Read-only:
+    every rank of a multi-rank tool may call it (load_checkpoint, single-process, repairs)."""
     if not os.path.isdir(root):
         raise CheckpointError(f"{root}: no such checkpoint directory")
-    for note in fmt.recover(root):
-        print(f" note: {note}", flush=True)
     it = read_tracker(root)
     if it is None:
         raise CheckpointError(f"{root} has no {TRACKER}: expected a megaclap checkpoint directory "
@@ -127,7 +125,11 @@ def locate(root: str) -> tuple[int, str]:
 
 
 def load_checkpoint(root: str) -> Loaded:
-    """Read every tp x pp shard of the tracked iteration and merge them into full tensors."""
+    """Read every tp x pp shard of the tracked iteration and merge them into full tensors (one
+    process: an interrupted re-save is repaired first, format.recover, and reported on stdout)."""
+    if os.path.isdir(root):
+        for note in fmt.recover(root):
+            print(f" note: {note}", flush=True)
     it, first_path = locate(root)
     first = _load_shard(first_path)
     layout, args = first.get("layout"), first.get("args")

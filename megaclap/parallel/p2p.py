@@ -195,7 +195,8 @@ class P2P:
         if len(works) == len(ops):
             self.pending += [(w, o) for w, o in zip(works, ops) if o.send]
             return [(w, o) for w, o in zip(works, ops) if not o.send]
-        return [(w, ops[0]) for w in works]  # one coalesced work (NCCL): orders the compute stream
+        # one coalesced work (NCCL): orders the compute stream; a timeout names the receive if any
+        return [(w, next((o for o in ops if not o.send), ops[0])) for w in works]
 
     def post_recv(self, direction: str, slot: int, info: StepInfo, ids: torch.Tensor) -> None:
         """Post microbatch `slot`'s receive ahead of the operation that consumes it, so its bytes

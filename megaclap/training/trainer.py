@@ -209,8 +209,8 @@ class Trainer:
                 self._log_validation(self.evaluate())
             if checkpointer is not None and checkpointer.after_step(self):
                 break
-            if t.exit_duration_in_mins and self._out_of_time(checkpointer):
-                break
+            if t.exit_duration_in_mins and log_step and self._out_of_time(checkpointer):
+                break  # checked on log steps only: the agreement is a collective and a host read
         if log.steps:  # the last, partial interval (its bytes count too)
             self._log(log.reduce(self))
         self.tb.close()
@@ -221,11 +221,12 @@ class Trainer:
                             device=self.ps.device)
         if dist.is_initialized():
             dist.all_reduce(over, op=dist.ReduceOp.MAX)
-        if over.item() and checkpointer is not None and self.cfg.train.save:
+        done = bool(over.item())
+        if done and checkpointer is not None and self.cfg.train.save:
             checkpointer.save(self)
-        if over.item() and self.ps.is_logging_rank:
+        if done and self.ps.is_logging_rank:
             self.print(f" exiting program after {self.cfg.train.exit_duration_in_mins} minutes (--exit-duration-in-mins)")
-        return bool(over.item())
+        return done
 
     def gather_telemetry(self):
         """This interval's compression counters from every stage (a pp-group collective)."""

@@ -72,9 +72,11 @@ def special_tokens_of(args: dict) -> dict:
     if not known and data.get("tokenizer_type"):
         from megaclap.data.tokenizers import build_tokenizer
         try:
-            tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"),
-                                  (args.get("model") or {}).get("vocab_size"), data.get("vocab_file"),
-                                  data.get("merge_file"))
+            vocab = (args.get("model") or {}).get("vocab_size")
+            if data["tokenizer_type"] == "NullTokenizer" and vocab:
+                vocab -= 1  # the model's vocabulary holds NullTokenizer's eod id (V + 1 ids)
+            tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"), vocab,
+                                  data.get("vocab_file"), data.get("merge_file"))
         except (OSError, ValueError):
             return {}
         known = {"bos_token_id": getattr(tok, "bos", None), "eos_token_id": tok.eod}
