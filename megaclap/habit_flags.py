@@ -166,8 +166,17 @@ def check_missing_features(given: dict, tp: int, pp: int, dp: int) -> None:
     for flag, value in given.items():
         if flag in MISSING:
             _, reason, noop = MISSING[flag]
-            if noop is None or not noop(value, tp, pp, dp):
+            if noop is None or not _is_noop(noop, value, tp, pp, dp):
                 raise ConfigError(f"{flag}: {reason}")
+
+
+def _is_noop(noop, value, tp: int, pp: int, dp: int) -> bool:
+    """Whether the value is one where Megatron does nothing; a value that is not even a number
+    (e.g. --context-parallel-size two) is not."""
+    try:
+        return bool(noop(value, tp, pp, dp))
+    except (TypeError, ValueError):
+        return False
 
 
 def habit_notes(given: dict) -> list:

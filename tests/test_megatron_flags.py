@@ -79,6 +79,7 @@ def test_habit_flags_accepted_and_reported():
 @pytest.mark.parametrize("flags,world,match", [
     (["--sequence-parallel", "--tensor-model-parallel-size", "2"], 2, "sequence parallelism is not implemented"),
     (["--context-parallel-size", "2"], 2, "context parallelism is not implemented"),
+    (["--context-parallel-size", "two"], 1, "context parallelism is not implemented"),  # not a number: not a no-op
     (["--use-distributed-optimizer"], 2, "not sharded over data-parallel ranks"),
     (["--num-layers-per-virtual-pipeline-stage", "1"], 1, "interleaved"),
     (["--fp8-format", "hybrid"], 1, "FP8"),

@@ -92,7 +92,7 @@ def classify(flag: str, value, parser) -> str:
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             _, unknown = parser.parse_known_args(argv)
-        except SystemExit:
+        except (SystemExit, argparse.ArgumentError):  # build_parser has exit_on_error=False
             return "bad sample value"
     if flag in unknown:
         return "rejected"
