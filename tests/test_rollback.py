@@ -112,3 +112,29 @@ def test_fp16_pp2_ef21_and_ef_recover_like_none():
                 assert h == hashes[(b, d, s, "recv")], f"{bwd}: {b}/{d}/{s} differs between the ends"
                 if bwd == "ef21":
                     assert h != "none"
+
+
+def test_without_undo_nothing_is_kept_and_rollback_refuses():
+    """No fp16 scaler, no skipped step: Channels and AQ-SGD stores keep no pre-step copies
+    (a memory and read cost on every step otherwise), and P2P.rollback refuses."""
+    from megaclap.compression.store import AqsgdStore
+    from megaclap.parallel.p2p import P2P
+    from megaclap.parallel.state import ParallelState
+    from megaclap.compression.config import CompressionConfig
+    store = AqsgdStore((4,), torch.float32, "cpu")
+    store.write(store.insert(torch.tensor([0, 1])), torch.ones(2, 4))
+    store.commit()
+    store.undo = False
+    store.write(torch.tensor([0]), torch.zeros(1, 4))
+    assert store._undo == {}
+    store.undo = True
+    store.write(torch.tensor([1]), torch.zeros(1, 4))
+    assert list(store._undo) == [1]
+    p2p = P2P(ParallelState(1, 1, 1, 0, torch.device("cpu")), (2, 4, 8), torch.float32,
+              CompressionConfig(method="ef21", fwd_codec="quant:8"), undo=False)
+    ch = p2p.channel(0, "fwd", 0)
+    assert ch.undo is False
+    ch._remember()
+    assert ch._saved is None
+    with pytest.raises(RuntimeError, match="undo=True"):
+        p2p.rollback()

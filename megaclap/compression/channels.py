@@ -170,6 +170,7 @@ class Channel:
         self.stats = ChannelStats()
         self._buffer = None
         self._saved = None  # (m, e) as of the last commit(), while this step changed them
+        self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
 
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
@@ -327,7 +328,7 @@ class Channel:
     def _remember(self) -> None:
         """Keep the committed (m, e) before this step's first change. m and e are always
         replaced, never updated in place, so keeping the old tensors is the whole snapshot."""
-        if self._saved is None:
+        if self.undo and self._saved is None:
             self._saved = (self.m, self.e)
 
     def commit(self) -> None:

@@ -48,6 +48,7 @@ class AqsgdStore:
         self._fd = None    # the locked file descriptor of a disk store
         self._committed = 0  # ids present at the last commit (rows [0, _committed))
         self._undo: dict[int, torch.Tensor] = {}  # committed row -> its value at the last commit
+        self.undo = True  # P2P turns it off when no step can be rolled back (no fp16)
         if self.file is not None:
             os.makedirs(path, exist_ok=True)
 
@@ -93,6 +94,8 @@ class AqsgdStore:
     # --- step commit / rollback ----------------------------------------------------------
     def _remember(self, rows: torch.Tensor) -> None:
         """Keep the committed value of each committed row before its first change this step."""
+        if not self.undo:
+            return
         keep = [r for r in rows.tolist() if r < self._committed and r not in self._undo]
         if keep:
             for r, v in zip(keep, self.read(torch.tensor(keep, dtype=torch.long))):

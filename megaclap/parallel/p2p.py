@@ -108,10 +108,12 @@ class P2P:
     """
 
     def __init__(self, pstate, shape: tuple, wire_dtype: torch.dtype, compression, seed: int = 0,
-                 link: Optional[SimLink] = None):
+                 link: Optional[SimLink] = None, undo: bool = True):
+        """undo: keep what a step changes in Channels and stores until commit(), so rollback()
+        can restore it; off when no step can be skipped (no fp16 loss scaler)."""
         from megaclap.compression.channels import default_bwd_method
         from megaclap.compression.codecs import parse_codec
-        self.pstate, self.dtype, self.link = pstate, wire_dtype, link
+        self.pstate, self.dtype, self.link, self.undo = pstate, wire_dtype, link, undo
         self.full_shape, self.tp = tuple(shape), pstate.tp_size
         b, s, h = self.full_shape
         if s % self.tp:
@@ -140,6 +142,7 @@ class P2P:
             path = store_path(self.store_dir, boundary, direction, self.pstate.pp_rank, self.pstate.dp_rank,
                               self.pstate.tp_rank)
             self.stores[key] = AqsgdStore(self.shape[1:], self.dtype, self.pstate.device, path=path)
+            self.stores[key].undo = self.undo
         return self.stores[key]
 
     def channel(self, boundary: int, direction: str, slot: int) -> Channel:
@@ -150,6 +153,7 @@ class P2P:
                                          boundary=boundary, direction=direction, slot=slot,
                                          fc_init=self.fc_init, store=self._store(boundary, direction),
                                          seed=self.seed, fresh_codec=self.fresh_codec)
+            self.channels[key].undo = self.undo
         return self.channels[key]
 
     # --- building blocks -----------------------------------------------------------------
@@ -313,6 +317,8 @@ class P2P:
 
     def rollback(self) -> None:
         """Undo this step's reference/residual/store changes (the optimizer skipped the step)."""
+        if not self.undo:
+            raise RuntimeError("P2P.rollback() needs P2P(..., undo=True): this step's changes were not kept")
         for obj in (*self.channels.values(), *self.stores.values()):
             obj.rollback()
 

@@ -72,7 +72,8 @@ class Trainer:
         self.p2p = self.eval_p2p = None
         self.link = simlink.SimLink.from_config(cfg.parallel, pstate.device) if pstate.pp_size > 1 else None
         if pstate.pp_size > 1:
-            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link)
+            self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link,
+                           undo=self.scaler.enabled)  # only an fp16 step can be skipped and rolled back
             eval_cfg = evaluation_compression(cfg.compression)
             self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1, link=self.link)
         self.data = build_data_sources(
