@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -95,12 +96,16 @@ SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "qua
 
 
 def _load_codecs(path: str):
-    """A codecs.py from another checkout, as a module (the 'before' of the speed-up table)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("baseline_codecs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A codecs.py from another checkout, as a module (the 'before' of the speed-up table).
+    Its folder becomes a bare package, so its relative imports (.base, .hquant) resolve there."""
+    import importlib
+    import types
+    name = "baseline_compression"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [os.path.dirname(os.path.abspath(path))]
+        sys.modules[name] = package
+    return importlib.import_module(f"{name}.{os.path.splitext(os.path.basename(path))[0]}")
 
 
 def _median_cpu_seconds(fn, reps: int) -> float:

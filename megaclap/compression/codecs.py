@@ -24,58 +24,18 @@ import math
 
 import torch
 
+from .base import Codec, _as_dtype, _bytes, _generator, _numel
+from .hquant import parse_hquant
+
 CHUNK = 65536
 CODEC_HELP = ("identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8), "
               "hquant:B[:block][:sr] (B in 2,3,4,8; megaclap/compression/hquant.py)")
 _CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _numel(shape) -> int:
-    return math.prod(shape)
-
-
-def _as_dtype(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Reinterpret a 1-D uint8 slice as `dtype`, copying it first if its offset is unaligned."""
-    size = torch.empty((), dtype=dtype).element_size()
-    if part.storage_offset() % size:
-        part = part.clone()
-    return part.view(dtype)
-
-
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """Flat uint8 view of a tensor's bytes (a copy only if t is not contiguous)."""
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed % (1 << 63))
-
-
 def _ceil_frac(ratio: float, n: int) -> int:
     """ceil(ratio * n), robust to float noise such as 0.1 * 30 = 3.0000000000000004."""
     return min(n, math.ceil(round(ratio * n, 9)))
-
-
-class Codec:
-    """Base class: `spec` is the string it was parsed from."""
-
-    spec = "?"
-
-    def payload_nbytes(self, shape, dtype: torch.dtype) -> int:
-        raise NotImplementedError
-
-    def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode(self, payload: torch.Tensor, shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-        raise NotImplementedError
-
-    def is_lossless(self, dtype: torch.dtype) -> bool:
-        """True when decode(encode(x)) == x bit for bit for tensors of this dtype."""
-        return False
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r})"
 
 
 class IdentityCodec(Codec):
@@ -328,6 +288,5 @@ def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec
             raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
         return QuantCodec(int(args[0]), len(args) == 2, spec)
     if name == "hquant":
-        from .hquant import parse_hquant
         return parse_hquant(spec, args, flag, CODEC_HELP)
     raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .codecs import Codec, _as_dtype, _bytes, _generator
+from .base import Codec, _as_dtype, _bytes, _generator
 
 HQUANT_BITS = (2, 3, 4, 8)
 DEFAULT_BLOCK = 64
