@@ -120,13 +120,32 @@ class ParallelConfig:
     """--sim-link-bandwidth: simulate inter-stage links of this rate (200mbit, 1gbit, or bits/s); off when unset."""
     sim_link_latency: Optional[str] = None
     """--sim-link-latency: one-way latency of the simulated links (50ms, 0.05s, or seconds)."""
+    link_model: str = "megaclap"
+    """--link-model: conventions of the simulated links and of the time model: a preset (megaclap,
+    nccl, protocol-nanogpt) then optional overrides, e.g. megaclap,sender=on (wire=pair|inbound,
+    latency=pipelined|per-message, sender=on|off, share=rank|tp|stage; see megaclap/parallel/simlink.py)."""
+    pp_emulate: bool = False
+    """--pp-emulate: hold all --pipeline-model-parallel-size stages in this one process (one device), each
+    stage boundary's two Channel endpoints kept apart: the losses of the multi-process run. Launch
+    tp x dp processes (one on one GPU); --sim-links gives the step time over links."""
+    sim_links: Optional[str] = None
+    """--sim-links: links to price with the time model from this run's measured stage and codec times and
+    payload bytes, e.g. 200mbit:50ms,1gbit:10ms (each BW[:LATENCY][@PRESET]); modeled step time and
+    tokens/s per link go to the log line, TensorBoard and --timing-json."""
 
     def __post_init__(self):
-        from megaclap.parallel.simlink import parse_bandwidth, parse_latency
+        from megaclap.parallel.simlink import parse_bandwidth, parse_conventions, parse_latency, parse_links
         if self.sim_link_bandwidth is not None:
             parse_bandwidth(self.sim_link_bandwidth)
         if self.sim_link_latency is not None:
             parse_latency(self.sim_link_latency)
+        conventions = parse_conventions(self.link_model)
+        if self.sim_links is not None:
+            parse_links(self.sim_links, conventions)
+
+    def grid_world_size(self, world_size: int) -> int:
+        """The world of the parallel grid: with --pp-emulate one process holds a whole pipeline."""
+        return world_size * self.pipeline_model_parallel_size if self.pp_emulate else world_size
 
 
 @dataclass
@@ -241,7 +260,11 @@ class TrainConfig:
     compile: bool = False
     """--compile: torch.compile each pipeline stage (off by default; eager where unsupported)."""
     timing_log_level: int = 0
-    """--timing-log-level: 1 adds per-step phase times (forward, backward, encode+decode, p2p wait, dp all-reduce, optimizer) to the log."""
+    """--timing-log-level: 1 adds per-step phase times (forward, backward, encode+decode, p2p wait, dp all-reduce,
+    grad norm, optimizer) to the log."""
+    timing_json: Optional[str] = None
+    """--timing-json: write this run's per-stage and per-message measurements and the modeled step time per
+    --sim-links link (fresh and repeated steps apart) to this JSON file at every log interval."""
 
 
 @dataclass
@@ -258,7 +281,8 @@ class MegaclapConfig:
     """Megatron-LM flags accepted with no effect here ({flag: value}, see megaclap/habit_flags.py)."""
 
     def data_parallel_size(self, world_size: int) -> int:
-        return world_size // (self.parallel.tensor_model_parallel_size * self.parallel.pipeline_model_parallel_size)
+        p = self.parallel
+        return p.grid_world_size(world_size) // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
 
     def num_microbatches(self, world_size: int) -> int:
         dp = self.data_parallel_size(world_size)

@@ -105,11 +105,32 @@ def _warn_clapping_without_lazy_sampling(cfg: MegaclapConfig) -> None:
                       "--lazy-sampling-prob (< 1) or --lazy-sampling-period (> 1)")
 
 
+def _check_emulation(cfg: MegaclapConfig) -> None:
+    """--pp-emulate holds a whole pipeline in one process: no tp inside it, no per-process link."""
+    p, t = cfg.parallel, cfg.train
+    if not p.pp_emulate:
+        return
+    _check(p.tensor_model_parallel_size == 1,
+           "--pp-emulate with --tensor-model-parallel-size > 1 is not supported: emulate the pipeline at tp 1 "
+           "(the stage boundaries and Channels are the same) or launch one process per stage")
+    _check(p.sim_link_bandwidth is None and p.sim_link_latency is None,
+           "--sim-link-bandwidth/--sim-link-latency delay messages between processes; with --pp-emulate "
+           "price links from the run's own measurements with --sim-links instead")
+    _check(not t.compile, "--compile is not supported with --pp-emulate (its stages run in one process's "
+           "threads); drop one of the two")
+
+
 def validate_config(cfg: MegaclapConfig, world_size: int) -> None:
-    """Validate in place (filling derived defaults); raise ConfigError with the flag to change."""
+    """Validate in place (filling derived defaults); raise ConfigError with the flag to change.
+    world_size is the number of processes (with --pp-emulate, each holds a whole pipeline)."""
     p = cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     _check(tp >= 1 and pp >= 1, "--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+    _check_emulation(cfg)
+    if p.pp_emulate:
+        _check(world_size % tp == 0, f"--pp-emulate: {world_size} processes are not divisible by "
+               f"--tensor-model-parallel-size {tp}; launch tp x dp processes (one per pipeline replica)")
+    world_size = p.grid_world_size(world_size)
     _check(world_size % (tp * pp) == 0,
            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
            f"--pipeline-model-parallel-size {pp}; change --nproc_per_node/--nnodes or the parallel sizes")

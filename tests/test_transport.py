@@ -153,7 +153,7 @@ def record_fake(pp: int, m: int, schedule: str, stamps: bool = False) -> list:
         if schedule == "1f1b":
             _one_f_one_b(run, comm, m, pp, r, stats)
         else:
-            _gpipe(run, comm, m, stats)
+            _gpipe(run, comm, m, pp, r, stats)
         out.append(p2p.groups)
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megaclap.parallel.emulate import LocalMember
 from megaclap.parallel.state import GroupInfo
 
 
@@ -100,11 +101,71 @@ def scatter_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
     return x if _trivial(tp) else _ScatterToTP.apply(x, tp)
 
 
+# --- pipeline-group collectives: a process group, or an emulated pipeline's in-process group ---
+def all_reduce(tensor: torch.Tensor, group, op: str = "sum") -> torch.Tensor:
+    """In place over `group` (a GroupInfo's group: None, a process group, or a LocalMember of an
+    emulated pipeline, megaclap.parallel.emulate); op is 'sum' or 'max'."""
+    if group is None:
+        return tensor
+    if isinstance(group, LocalMember):
+        return group.all_reduce(tensor, op)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
+    return tensor
+
+
+def ordered_sum(value: torch.Tensor, info: GroupInfo) -> torch.Tensor:
+    """The sum of a small tensor over a group, added in rank order: the same bits on any backend
+    and in an emulated pipeline (an all-reduce's tree depends on the backend and the size)."""
+    if info.group is None:
+        return value
+    if isinstance(info.group, LocalMember):
+        parts = info.group.gather(value.detach().clone())
+    else:
+        parts = [torch.empty_like(value) for _ in range(info.size)]
+        dist.all_gather(parts, value.contiguous(), group=info.group)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def gather_objects(obj, info: GroupInfo) -> list:
+    """Every member's picklable obj, in rank order, on every member of the group."""
+    if info.group is None:
+        return [obj]
+    if isinstance(info.group, LocalMember):
+        return info.group.gather(obj)
+    out = [None] * info.size
+    dist.all_gather_object(out, obj, group=info.group)
+    return out
+
+
+def world_all_reduce(tensor: torch.Tensor, pstate, op: str = "sum") -> torch.Tensor:
+    """In place over every rank of the job (an emulated pipeline's stages, then its processes)."""
+    local = pstate.groups.get("world")
+    if local is not None:
+        all_reduce(tensor, local.group, op)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def barrier(pstate) -> None:
+    """Every rank of the job (an emulated pipeline's stages, then its processes) reaches this point."""
+    local = pstate.groups.get("world")
+    if local is not None:
+        local.group.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if local is not None:
+        local.group.barrier()  # no stage goes on before the processes met
+
+
 def max_over_pp(values: torch.Tensor, pstate) -> torch.Tensor:
     """Element-wise max of a small host tensor over the pipeline group (every stage calls it);
     used for per-stage counters the logging rank prints."""
     if pstate.pp.group is None:
         return values
     dev = values.to(pstate.device)
-    dist.all_reduce(dev, op=dist.ReduceOp.MAX, group=pstate.pp.group)
+    all_reduce(dev, pstate.pp.group, "max")
     return dev.cpu()

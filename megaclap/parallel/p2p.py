@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
 from megaclap.compression.store import store_path
+from megaclap.parallel.emulate import LocalMember
 from megaclap.parallel.simlink import SimLink
 from megaclap.training.timers import Timers
 
@@ -84,7 +85,7 @@ def dist_transport(group) -> Callable:
 def _independent_ops(group) -> bool:
     """Whether p2p operations progress independently of each other (gloo) rather than in one
     ordered stream per peer (NCCL)."""
-    return group is not None and dist.get_backend(group) == "gloo"
+    return group is not None and not isinstance(group, LocalMember) and dist.get_backend(group) == "gloo"
 
 
 @dataclass
@@ -129,7 +130,9 @@ class P2P:
         self.channels: dict = {}
         self.stores: dict = {}
         self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
-        self.transport = dist_transport(getattr(pstate.pp, "group", None))
+        group = getattr(pstate.pp, "group", None)
+        # an emulated pipeline's stages talk through an in-process mailbox (megaclap.parallel.emulate)
+        self.transport = pstate.transport() if isinstance(group, LocalMember) else dist_transport(group)
         self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
         self.early_recv = _independent_ops(getattr(pstate.pp, "group", None))
         self.posted: dict = {}  # (direction, slot) -> (waits, _Recv) of receives posted early
@@ -174,13 +177,15 @@ class P2P:
     def _encode(self, x: torch.Tensor, peer: int, boundary: int, direction: str, slot: int,
                 info: StepInfo, ids: torch.Tensor) -> list:
         ch = self.channel(boundary, direction, slot)
-        with self.timers.phase("encode-decode"):
+        with self.timers.phase("encode"):
             local = self._slice(x.detach()).to(self.dtype).contiguous()
             payload = ch.send(local, step=info.step, fresh=info.fresh, sample_ids=ids,
                               measure=info.measure).contiguous()
+        nbytes = payload.numel() * payload.element_size()
+        self.timers.sent(direction, nbytes)  # the time model's payload bytes per message
         ops = [Op(True, payload, peer, (direction, slot, "payload"))]
         if self.link is not None:
-            ops.append(Op(True, self.link.stamp(), peer, (direction, slot, "stamp")))
+            ops.append(Op(True, self.link.stamp(peer, nbytes), peer, (direction, slot, "stamp")))
         return ops
 
     def _post(self, peer: int, boundary: int, direction: str, slot: int, info: StepInfo,
@@ -268,11 +273,11 @@ class P2P:
                 waits = waits + self._issue(sends + ops)
             for work, op in waits:
                 self._wait(work, op)
+            if self.link is not None:  # the simulated arrival (and, sender=on, the sends' departure)
+                self.link.settle(*(() if recv is None else (recv.peer, recv.buf, recv.stamp)))
             if recv is None:
                 return None
-            if self.link is not None:
-                self.link.deliver((recv.peer, recv.direction), recv.buf, recv.stamp)
-        with self.timers.phase("encode-decode"):
+        with self.timers.phase("decode"):
             ch = self.channel(recv.boundary, recv.direction, recv.slot)
             x = ch.recv(recv.buf, step=info.step, fresh=info.fresh, sample_ids=recv.ids)
         with self.timers.phase("p2p-wait"):

@@ -4,6 +4,9 @@ With one stage, 1F1B is plain gradient accumulation (forward, backward per micro
 the same code serves "no pipelining". The schedule does not know how bytes travel (P2P does)
 nor how they are compressed (its Channels do).
 
+The operations of each stage, in order, come from megaclap.parallel.ops (one source of truth
+for the per-rank schedule, an emulated pipeline and the time model); this module executes them:
+
 1F1B on stage r of pp, with M microbatches:
     warmup    min(pp - r - 1, M) forwards
     steady    M - warmup times: one forward, then one backward
@@ -20,6 +23,8 @@ from typing import Callable, Optional
 import torch
 from torch.autograd import Variable
 
+from megaclap.parallel import ops
+from megaclap.parallel.ops import Action, in_flight_bound, stage_ops
 from megaclap.parallel.p2p import P2P, StepInfo
 from megaclap.training.timers import Timers
 
@@ -166,10 +171,9 @@ def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], i
     comm = _Comm(p2p, info, mbs, free=not forward_only)
     m, pp, r = len(mbs), pstate.pp_size, pstate.pp_rank
     if forward_only:
-        for i in range(m):
-            comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
+        execute(stage_ops("forward-only", m, pp, r), run, comm, stats, bound=m)
     elif schedule == "gpipe":
-        _gpipe(run, comm, m, stats)
+        _gpipe(run, comm, m, pp, r, stats)
     else:
         _one_f_one_b(run, comm, m, pp, r, stats)
     if p2p is not None:
@@ -177,35 +181,55 @@ def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], i
     return stats
 
 
-def _gpipe(run: _Runner, comm: _Comm, m: int, stats: ScheduleStats) -> None:
+class _Held:
+    """Tensors between a stage's operations, by microbatch: received inputs and output gradients,
+    outputs to send, input gradients to send."""
+
+    def __init__(self):
+        self.x, self.g, self.out, self.dx = {}, {}, {}, {}
+
+
+def _step(a: Action, run: _Runner, comm: _Comm, held: _Held) -> None:
+    """Execute one operation (megaclap.parallel.ops) on this stage."""
+    i, k = a.mb, a.kind
+    if k == ops.FORWARD:
+        held.out[i] = run.forward(i, held.x.pop(i, None))
+    elif k == ops.BACKWARD:
+        held.dx[i] = run.backward(i, held.g.pop(i, None))
+    elif k == ops.RECV_FORWARD:
+        held.x[i] = comm.recv_forward(i)
+    elif k == ops.SEND_FORWARD:
+        comm.send_forward(held.out.pop(i), i)
+    elif k == ops.RECV_BACKWARD:
+        held.g[i] = comm.recv_backward(i)
+    elif k == ops.SEND_BACKWARD:
+        comm.send_backward(held.dx.pop(i), i)
+    elif k == ops.SEND_FORWARD_RECV_BACKWARD:
+        held.g[a.recv_mb] = comm.send_forward_recv_backward(held.out.pop(i), i, a.recv_mb)
+    elif k == ops.SEND_BACKWARD_RECV_FORWARD:
+        held.x[a.recv_mb] = comm.send_backward_recv_forward(held.dx.pop(i), i, a.recv_mb)
+    else:
+        raise ValueError(f"unknown pipeline operation {a}")
+
+
+def execute(actions: list, run: _Runner, comm: _Comm, stats: ScheduleStats, bound: int) -> None:
+    """Execute a stage's operations in order; its activations in flight stay within `bound`."""
+    held = _Held()
+    for a in actions:
+        _step(a, run, comm, held)
+        assert stats.in_flight <= bound, f"a stage holds {stats.in_flight} > {bound} activations"
+    assert stats.in_flight == 0 and not held.x and not held.g, "a step ended with work left"
+
+
+def _gpipe(run: _Runner, comm: _Comm, m: int, pp: int, r: int, stats: ScheduleStats) -> None:
     """All forwards, then all backwards. Within each phase a stage only receives from one
     neighbour and sends to the other, so the plain operations never cross."""
-    for i in range(m):
-        comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
-    assert stats.in_flight == m
-    for i in range(m):
-        comm.send_backward(run.backward(i, comm.recv_backward(i)), i)
+    execute(stage_ops("gpipe", m, pp, r), run, comm, stats, bound=m)
+    assert stats.peak_in_flight <= m
 
 
 def _one_f_one_b(run: _Runner, comm: _Comm, m: int, pp: int, r: int, stats: ScheduleStats) -> None:
-    warmup = min(pp - r - 1, m)
-    steady = m - warmup
-    # warmup: fill the pipe
-    for i in range(warmup):
-        comm.send_forward(run.forward(i, comm.recv_forward(i)), i)
-    assert stats.in_flight == warmup
-    # steady: one forward, one backward; each send is paired with the opposite receive
-    x = comm.recv_forward(warmup) if steady else None
-    for j in range(steady):
-        i = warmup + j
-        y = run.forward(i, x)
-        assert stats.in_flight <= pp - r, f"stage {r} holds {stats.in_flight} > pp - r activations"
-        dx = run.backward(j, comm.send_forward_recv_backward(y, i, j))
-        if j + 1 < steady:
-            x = comm.send_backward_recv_forward(dx, j, i + 1)
-        else:
-            comm.send_backward(dx, j)
-    # cooldown: drain
-    for j in range(steady, m):
-        comm.send_backward(run.backward(j, comm.recv_backward(j)), j)
-    assert stats.in_flight == 0 and stats.peak_in_flight <= pp - r
+    """Warmup forwards, one forward / one backward (each send paired with the opposite receive),
+    cooldown backwards (megaclap.parallel.ops)."""
+    execute(stage_ops("1f1b", m, pp, r), run, comm, stats, bound=in_flight_bound("1f1b", m, pp, r))
+    assert stats.peak_in_flight <= pp - r

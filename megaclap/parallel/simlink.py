@@ -1,27 +1,50 @@
-"""Simulated slow links between pipeline stages, in the p2p layer (DESIGN.md section 7).
+"""Simulated slow links between pipeline stages: one link model (DESIGN.md section 7), used by the
+simulated links in the p2p layer (SimLink) and by the time model (megaclap.parallel.timemodel).
 
-With --sim-link-bandwidth / --sim-link-latency every inter-stage message behaves as if it
-crossed a link of that speed. The model is the receiver-side FIFO wire of public WAN pipeline
-benchmarks (Protocol NanoGPT):
+A message of B bytes sent at `sent_at` goes onto a FIFO wire:
 
-    sender     stamps each message with its clock at send time (sent_at), sent alongside it
-    receiver   one FIFO wire per (peer, direction):
-                   start    = max(wire_free, sent_at)
-                   wire_free = start + bytes * 8 / bandwidth          (serialisation)
-                   arrival  = wire_free + latency                      (propagation, pipelined)
-               and waits (host sleep) until `arrival` before using the message
+    start     = max(wire free, sent_at)
+    departure = start + B * 8 / bandwidth            (serialisation)
+    arrival   = departure + latency
+    wire free = departure        latency=pipelined   (propagation does not occupy the wire)
+              = arrival          latency=per-message (the next message waits for this one to land)
 
-Bytes billed are the payload's actual bytes (compressed when compressed). The real transfer
-still happens at the backend's speed, so compute and communication overlap exactly as far as
-the schedule lets them. Works on any backend and needs no root.
+The receiver advances its wires in the order it consumes messages and waits until `arrival`.
+Bytes billed are the payload's actual bytes (compressed when compressed), never the stamp.
 
-Assumption: all ranks read one clock (time.monotonic, system-wide on Linux), i.e. the ranks
-run on one machine. For real multi-host links use tools/netsim.py (namespaces + tc). On CUDA
-the sender synchronises its stream before stamping (only when the link is on), so sent_at is
+Conventions (`--link-model PRESET[,key=value...]`):
+
+    wire     pair      one wire per (sending node, receiving node): each stage boundary is a
+                       full-duplex link, one wire per direction
+             inbound   one inbound wire per receiving node, shared by both neighbours and both
+                       directions
+    latency  pipelined | per-message   (above)
+    sender   off       only the receiver waits (sends complete in the background, as on gloo)
+             on        a p2p group that sends also waits until its message has departed (NCCL: a
+                       batched group completes with its sends); the sender keeps its own account
+                       of the pair wire, or of its node's outbound wire with wire=inbound
+    share    rank      every rank has a private wire of the full bandwidth
+             tp        the tp ranks of a stage share their node's link: bandwidth / tp each
+             stage     all tp x dp ranks of a stage share one node's link: bandwidth / (tp dp)
+
+A node is what shares a link (a rank, a tp group or a whole stage); wires are keyed by node.
+Sharing splits the bandwidth evenly, which equals one shared FIFO wire when the sharing ranks send
+equal messages at the same time (the tp slices of a boundary do, by construction).
+Presets: `megaclap` (default: pair, pipelined, sender off, share tp), `nccl` (megaclap with sender
+on) and `protocol-nanogpt` (inbound, per-message, sender off, share rank: Protocol NanoGPT's
+SimPipelineStage meter with one stage per GPU).
+
+SimLink: each message carries the sender's clock (a float64 stamp sent in the same group); the
+receiver keeps its wires and sleeps until the message would have arrived. The real transfer still
+happens at the backend's speed, so compute and communication overlap exactly as far as the schedule
+lets them. Works on any backend and needs no root. All ranks read one clock (time.monotonic,
+system-wide on Linux), i.e. they run on one machine; for real links use tools/netsim.py. On CUDA
+the sender synchronises its stream before stamping (only when the link is on), so the stamp is
 when the payload is ready, not when its kernels were queued.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,6 +59,13 @@ from megaclap.parallel.collectives import max_over_pp
 BANDWIDTH_UNITS = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
                    "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
 LATENCY_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+OPTIONS = {"wire": ("pair", "inbound"), "latency": ("pipelined", "per-message"),
+           "sender": ("off", "on"), "share": ("rank", "tp", "stage")}
+PRESETS = {
+    "megaclap": {"wire": "pair", "latency": "pipelined", "sender": "off", "share": "tp"},
+    "nccl": {"wire": "pair", "latency": "pipelined", "sender": "on", "share": "tp"},
+    "protocol-nanogpt": {"wire": "inbound", "latency": "per-message", "sender": "off", "share": "rank"},
+}
 
 
 def parse_bandwidth(text, flag: str = "--sim-link-bandwidth") -> float:
@@ -55,6 +85,99 @@ def parse_latency(text, flag: str = "--sim-link-latency") -> float:
     return float(m.group(1)) * LATENCY_UNITS[m.group(2)]
 
 
+# --- the link model ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conventions:
+    """How a link is modelled (module docstring)."""
+
+    wire: str = "pair"
+    latency: str = "pipelined"
+    sender: str = "off"
+    share: str = "tp"
+
+    def sharers(self, tp: int, dp: int) -> int:
+        """Ranks that split one node's bandwidth."""
+        return {"rank": 1, "tp": tp, "stage": tp * dp}[self.share]
+
+    def node(self, rank: int, tp: int, dp: int) -> int:
+        """The node (what shares a link) of a global rank of the tp-dp-pp grid."""
+        return rank // {"rank": 1, "tp": tp, "stage": tp * dp}[self.share]
+
+    def receive_key(self, src_node, dst_node) -> tuple:
+        """The receiver's wire for a message src_node -> dst_node."""
+        return ("in", dst_node) if self.wire == "inbound" else ("pair", src_node, dst_node)
+
+    def send_key(self, src_node, dst_node) -> tuple:
+        """The sender's account of its message (sender=on): the pair wire, or its outbound wire."""
+        return ("out", src_node) if self.wire == "inbound" else ("pair", src_node, dst_node)
+
+    def __str__(self) -> str:
+        return f"wire={self.wire},latency={self.latency},sender={self.sender},share={self.share}"
+
+
+def parse_conventions(spec: str, flag: str = "--link-model") -> Conventions:
+    """'megaclap', 'protocol-nanogpt', 'megaclap,sender=on,share=rank', ..."""
+    name, *overrides = [part.strip() for part in str(spec).split(",")]
+    if name not in PRESETS:
+        raise ConfigError(f"{flag} {spec!r}: the preset {name!r} is not one of {list(PRESETS)} "
+                          "(optionally followed by overrides such as ,wire=inbound)")
+    values = dict(PRESETS[name])
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in OPTIONS or value not in OPTIONS[key]:
+            allowed = ", ".join(f"{k}={'|'.join(v)}" for k, v in OPTIONS.items())
+            raise ConfigError(f"{flag} {spec!r}: {item!r} is not an option ({allowed})")
+        values[key] = value
+    return Conventions(**values)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One link to simulate or price: a node's rate, the one-way latency and the conventions."""
+
+    bandwidth: float                       # bits/s
+    latency: float = 0.0                   # seconds
+    conventions: Conventions = Conventions()
+    name: str = ""
+
+    def for_rank(self, tp: int, dp: int) -> "Link":
+        """The link as one rank sees it: its share of the node's bandwidth."""
+        return dataclasses.replace(self, bandwidth=self.bandwidth / self.conventions.sharers(tp, dp))
+
+
+def parse_links(text: str, conventions: Conventions, flag: str = "--sim-links") -> list:
+    """'200mbit:50ms,1gbit:10ms@protocol-nanogpt' -> [Link, ...]; a suffix @PRESET gives that
+    link a preset's conventions instead of --link-model's."""
+    links = []
+    for item in [s.strip() for s in str(text).split(",") if s.strip()]:
+        body, _, preset = item.partition("@")
+        rate, _, delay = body.partition(":")
+        conv = parse_conventions(preset, flag) if preset else conventions
+        links.append(Link(parse_bandwidth(rate, flag), parse_latency(delay or "0", flag), conv, item))
+    if not links:
+        raise ConfigError(f"{flag} {text!r}: expected links such as 200mbit:50ms,1gbit:10ms")
+    return links
+
+
+class Wires:
+    """The FIFO wires of one endpoint: wire key -> time the wire is next free."""
+
+    def __init__(self, link: Link):
+        self.link = link
+        self.free: dict = {}
+        self.busy: dict = {}  # wire key -> seconds of serialisation so far
+
+    def transfer(self, key, nbytes: int, sent_at: float) -> tuple[float, float]:
+        """(departure, arrival) of one message on wire `key`; advances that wire."""
+        serial = nbytes * 8 / self.link.bandwidth
+        departure = max(self.free.get(key, float("-inf")), sent_at) + serial
+        arrival = departure + self.link.latency
+        self.free[key] = arrival if self.link.conventions.latency == "per-message" else departure
+        self.busy[key] = self.busy.get(key, 0.0) + serial
+        return departure, arrival
+
+
+# --- simulated links in the p2p layer ----------------------------------------------------------
 @dataclass
 class LinkStats:
     """Receiver-side counters since the last reset."""
@@ -63,54 +186,78 @@ class LinkStats:
     messages: int = 0
     bytes: int = 0
     wire_s: float = 0.0   # sum over messages of bytes*8/bandwidth + latency
-    wait_s: float = 0.0   # host time spent sleeping for arrivals
+    wait_s: float = 0.0   # host time spent sleeping for arrivals (and, sender=on, departures)
 
 
 class SimLink:
-    """The receiver-side wire model of one rank (shared by its training and evaluation P2P)."""
+    """The wires of one rank (shared by its training and evaluation P2P).
 
-    def __init__(self, bandwidth_bps: float, latency_s: float = 0.0, device=None):
-        self.bandwidth, self.latency = float(bandwidth_bps), float(latency_s)
+    rank/tp/dp place this rank and its peers on nodes (Conventions.node); the bandwidth is the
+    node's, split among the ranks that share it."""
+
+    def __init__(self, bandwidth_bps: float, latency_s: float = 0.0, device=None,
+                 conventions: Optional[Conventions] = None, rank: int = 0, tp: int = 1, dp: int = 1):
+        conv = conventions or Conventions()
+        self.link = Link(float(bandwidth_bps), float(latency_s), conv).for_rank(tp, dp)
+        self.bandwidth, self.latency, self.conventions = self.link.bandwidth, self.link.latency, conv
+        self.rank, self.tp, self.dp = rank, tp, dp
         self.device = torch.device(device or "cpu")
-        self.wire_free: dict = {}  # (peer, direction) -> clock when that wire is next idle
+        self.wires, self.sent_wires = Wires(self.link), Wires(self.link)
+        self.due = float("-inf")  # sender=on: when this group's sends have departed
         self.stats = LinkStats()
 
     @classmethod
-    def from_config(cls, parallel_cfg, device) -> Optional["SimLink"]:
+    def from_config(cls, parallel_cfg, pstate) -> Optional["SimLink"]:
         """None unless --sim-link-bandwidth or --sim-link-latency is set."""
         bw, lat = parallel_cfg.sim_link_bandwidth, parallel_cfg.sim_link_latency
         if bw is None and lat is None:
             return None
         return cls(parse_bandwidth(bw) if bw is not None else float("inf"),
-                   parse_latency(lat) if lat is not None else 0.0, device)
+                   parse_latency(lat) if lat is not None else 0.0, pstate.device,
+                   parse_conventions(parallel_cfg.link_model), pstate.rank, pstate.tp_size, pstate.dp_size)
+
+    @property
+    def wire_free(self) -> dict:
+        return self.wires.free
+
+    def _node(self, rank: int) -> int:
+        return self.conventions.node(rank, self.tp, self.dp)
 
     # --- sender ---------------------------------------------------------------------------
-    def stamp(self) -> torch.Tensor:
-        """The sender's clock now, as a 1-element float64 tensor to send with the payload."""
+    def stamp(self, peer: Optional[int] = None, nbytes: int = 0) -> torch.Tensor:
+        """The sender's clock now, as a 1-element float64 tensor sent with the payload. With
+        sender=on, a message of nbytes to `peer` also makes this group wait for its departure."""
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
-        return torch.tensor([time.monotonic()], dtype=torch.float64, device=self.device)
+        now = time.monotonic()
+        if self.conventions.sender == "on" and peer is not None:
+            key = self.conventions.send_key(self._node(self.rank), self._node(peer))
+            self.due = max(self.due, self.sent_wires.transfer(key, nbytes, now)[0])
+        return torch.tensor([now], dtype=torch.float64, device=self.device)
 
     def empty_stamp(self) -> torch.Tensor:
         return torch.empty(1, dtype=torch.float64, device=self.device)
 
     # --- receiver -------------------------------------------------------------------------
     def arrival(self, key, nbytes: int, sent_at: float) -> float:
-        """Advance wire `key` by one message of nbytes sent at sent_at; return its arrival."""
-        serial = nbytes * 8 / self.bandwidth
-        start = max(self.wire_free.get(key, float("-inf")), sent_at)
-        self.wire_free[key] = start + serial
+        """Advance receiving wire `key` by one message of nbytes sent at sent_at; its arrival."""
+        arrival = self.wires.transfer(key, nbytes, sent_at)[1]
         s = self.stats
         s.messages += 1
         s.bytes += nbytes
-        s.wire_s += serial + self.latency
-        s.busy_s[key] = s.busy_s.get(key, 0.0) + serial
-        return start + serial + self.latency
+        s.wire_s += nbytes * 8 / self.bandwidth + self.latency
+        s.busy_s[key] = self.wires.busy[key]
+        return arrival
 
-    def deliver(self, key, payload: torch.Tensor, stamp: torch.Tensor) -> None:
-        """Wait until the payload (already received) would have arrived over the link."""
-        arrival = self.arrival(key, payload.numel() * payload.element_size(), float(stamp.item()))
-        delay = arrival - time.monotonic()
+    def settle(self, peer: Optional[int] = None, payload: Optional[torch.Tensor] = None,
+               stamp: Optional[torch.Tensor] = None) -> None:
+        """End of a p2p group: wait until its received payload (already here) would have arrived
+        from `peer`, and (sender=on) until its sends have departed."""
+        until, self.due = self.due, float("-inf")
+        if payload is not None:
+            key = self.conventions.receive_key(self._node(peer), self._node(self.rank))
+            until = max(until, self.arrival(key, payload.numel() * payload.element_size(), float(stamp.item())))
+        delay = until - time.monotonic()
         if delay > 0:
             time.sleep(delay)
             self.stats.wait_s += delay
@@ -126,6 +273,7 @@ def gather(link: Optional[SimLink], pstate) -> torch.Tensor:
     out = torch.tensor([max(s.busy_s.values(), default=0.0), s.wire_s, s.wait_s], dtype=torch.float64)
     if link is not None:
         link.stats = LinkStats()
+        link.wires.busy.clear()
     return max_over_pp(out, pstate)
 
 

@@ -144,6 +144,18 @@ def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta):
     return dist.PrefixStore(f"megaclap/attempt_{restart}", store)
 
 
+def check_one_device_per_rank(backend: str, world_size: int) -> None:
+    """NCCL needs a CUDA device of its own per process: refuse, before NCCL's own "Duplicate GPU
+    detected" deep in the launch, a node with more processes than devices."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    devices = torch.cuda.device_count()
+    if backend == "nccl" and world_size > 1 and local > devices:
+        from megaclap.errors import UserError
+        raise UserError(f"{local} processes on this node but {devices} CUDA device(s): NCCL needs one device "
+                        "per process; on one GPU run the pipeline in one process with --pp-emulate "
+                        "(NPROC_PER_NODE=1), or launch at most one process per device")
+
+
 def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
                            backend: Optional[str] = None,
                            device: Optional[torch.device] = None) -> ParallelState:
@@ -152,6 +164,8 @@ def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = device or pick_device(local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        check_one_device_per_rank(backend or ("nccl" if device.type == "cuda" else "gloo"), world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

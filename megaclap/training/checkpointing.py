@@ -26,9 +26,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from megaclap.checkpoint import format as fmt
+from megaclap.parallel.collectives import barrier
 from megaclap.checkpoint.format import (RESHARD_HINT, TRACKER, CheckpointError, iter_dir,  # noqa: F401
                                         rank_dir, read_tracker, write_tracker)
 from megaclap.training.startup import checkpoint_line
@@ -76,11 +76,6 @@ def reconcile_schedule(saved: dict, current: dict, optim_cfg) -> dict:
     return saved
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _layout(trainer) -> dict:
     ps, stage = trainer.ps, trainer.stage
     return fmt.layout(ps.tp_size, ps.pp_size, stage.start, stage.end, trainer.cfg.model.num_layers, ps.dp_size)
@@ -104,16 +99,16 @@ class Checkpointer:
         if ps.rank == 0:
             fmt.check_not_behind(root, it, overwrite, "--overwrite-checkpoint")
             fmt.prepare(root, it)
-        _barrier()
+        barrier(self.ps)
         sub = os.path.join(tmp, rank_dir(ps.tp_rank, ps.pp_rank, ps.pp_size))
         os.makedirs(sub, exist_ok=True)
         if ps.dp_rank == 0:
             fmt.save_file(self._model_state(trainer), os.path.join(sub, fmt.MODEL_FILE))
         fmt.save_file(self._replica_state(trainer), os.path.join(sub, fmt.replica_file(ps.dp_rank)))
-        _barrier()
+        barrier(self.ps)
         if ps.rank == 0:
             fmt.commit(root, it, overwrite, "--overwrite-checkpoint")
-        _barrier()
+        barrier(self.ps)
         self.last_saved = it
         if ps.rank == 0:
             self.print(checkpoint_line("saved", root, it, time.perf_counter() - started,
@@ -151,7 +146,7 @@ class Checkpointer:
         if self.ps.rank == 0:
             for note in fmt.recover(root):
                 self.print(f" note: {note}")
-        _barrier()
+        barrier(self.ps)
         it = read_tracker(root)
         if it is None:
             if self.ps.rank == 0:

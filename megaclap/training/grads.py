@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from megaclap.parallel.collectives import all_reduce, ordered_sum
+
 BUCKET_BYTES = 32 * 2**20
 
 
@@ -131,8 +133,7 @@ def sum_tied_embedding(stage, pstate) -> None:
     """Sum the tied word-embedding grads of the first and last stage (pp > 1)."""
     if stage.tied and pstate.pp_size > 1 and (stage.pre_process or stage.post_process):
         weight = stage.embedding.word_embeddings.weight if stage.pre_process else stage.output_layer.weight
-        if pstate.embedding.group is not None:
-            dist.all_reduce(weight.grad, group=pstate.embedding.group)
+        all_reduce(weight.grad, pstate.embedding.group)
 
 
 def _counts_for_norm(stage, name: str, p: torch.Tensor, tp_rank: int) -> bool:
@@ -143,7 +144,8 @@ def _counts_for_norm(stage, name: str, p: torch.Tensor, tp_rank: int) -> bool:
 
 
 def clip_grad_norm(stage, pstate, max_norm: float) -> torch.Tensor:
-    """Global L2 norm over all model-parallel ranks (a 0-dim fp32 device tensor, never read here);
+    """Global L2 norm over all model-parallel ranks (a 0-dim fp32 device tensor, never read here;
+    the squares are summed in rank order, so every layout and an emulated pipeline agree bit for bit);
     grads are scaled by min(1, max_norm / (norm + 1e-6)) when max_norm > 0, on the device."""
     counted = [p.grad for name, p in stage.named_parameters()
                if p.grad is not None and _counts_for_norm(stage, name, p, pstate.tp_rank)]
@@ -152,9 +154,7 @@ def clip_grad_norm(stage, pstate, max_norm: float) -> torch.Tensor:
         sq = torch.stack(norms).square().sum()
     else:
         sq = torch.zeros((), dtype=torch.float32, device=pstate.device)
-    if pstate.mp.group is not None:
-        dist.all_reduce(sq, group=pstate.mp.group)
-    norm = sq.sqrt()
+    norm = ordered_sum(sq.reshape(1), pstate.mp)[0].sqrt()  # the same bits in every layout
     if max_norm > 0:
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
         coeff = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0).float()
@@ -174,8 +174,7 @@ def unscale_and_check(stage, pstate, scale: float) -> bool:
             by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
     for grads in by_dtype.values():
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
-    if pstate.mp.group is not None:
-        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=pstate.mp.group)
+    all_reduce(found, pstate.mp.group, "max")
     return bool(found.item())
 
 

@@ -1,6 +1,7 @@
 """Entry point behind examples/pretrain_gpt/pretrain_gpt.py (launch with torchrun)."""
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -37,22 +38,31 @@ def setup(argv: Optional[Sequence[str]] = None):
     resolve_vocab_size(cfg)
     cfg.validate(world_size)
     p = cfg.parallel
-    pstate = initialize_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                                    p.distributed_timeout_minutes, p.distributed_backend)
+    pp = 1 if p.pp_emulate else p.pipeline_model_parallel_size  # emulated: this process holds every stage
+    pstate = initialize_distributed(p.tensor_model_parallel_size, pp, p.distributed_timeout_minutes,
+                                    p.distributed_backend)
     return cfg, pstate
 
 
 def run(cfg: MegaclapConfig, pstate, print_fn=None):
-    """Build, resume, train, save and test on this rank; returns the Trainer."""
+    """Build, resume, train, save and test; returns the Trainer (of the logging stage when the
+    pipeline is emulated: --pp-emulate runs every stage's program in this process)."""
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if cfg.parallel.pp_emulate and pp > 1 and pstate.pp_size == 1:
+        from megaclap.parallel.emulate import run_pipeline
+        trainers = run_pipeline(pstate, pp, lambda view: run(copy.deepcopy(cfg), view, print_fn))
+        return trainers[-1]
     from megaclap.training.checkpointing import Checkpointer
     from megaclap.training.logging import format_validation_line
     from megaclap.training.startup import checkpoint_line, startup_summary
     from megaclap.training.trainer import Trainer
     print_fn = print_fn or (lambda s: print(s, flush=True))
     if pstate.rank == 0:
+        emulated = " (all stages in each process: --pp-emulate)" if cfg.parallel.pp_emulate else ""
         print_fn(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
-                 f"pp {pstate.pp_size}, device {pstate.device.type}, "
-                 f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
+                 f"pp {pstate.pp_size}{emulated}, device {pstate.device.type}, "
+                 f"{cfg.train.global_batch_size // (cfg.train.micro_batch_size * pstate.dp_size)} "
+                 "microbatches per step")
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
     if pstate.rank == 0:
         for line in startup_summary(cfg, trainer):

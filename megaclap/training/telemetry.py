@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megaclap.parallel.collectives import all_reduce
+
 DIRS = ("fwd", "bwd")
 RAW, PAYLOAD, ERR, SENDS, REF = range(5)
 
@@ -29,8 +31,7 @@ def gather(p2p, pstate) -> torch.Tensor:
         s.reset()
     if pstate.pp.group is not None:
         dev = out.to(pstate.device) if pstate.device.type == "cuda" else out
-        dist.all_reduce(dev, group=pstate.pp.group)
-        out = dev.cpu()
+        out = all_reduce(dev, pstate.pp.group).cpu()
     if pstate.tp.group is not None:  # tp ranks each send 1/tp of a boundary: sum them (not REF)
         dev = out[..., :REF].contiguous().to(pstate.device)
         dist.all_reduce(dev, group=pstate.tp.group)

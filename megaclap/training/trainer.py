@@ -19,8 +19,11 @@ from megaclap.model.init import init_stage
 from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
 from megaclap.parallel import simlink
+from megaclap.parallel.collectives import world_all_reduce
 from megaclap.parallel.schedules import Microbatch, forward_backward
-from megaclap.training import telemetry, timers
+from megaclap.training import telemetry, timers, timing
+from megaclap.training.opclock import OpClock, make_timers
+from megaclap.training.timing import TimingLog
 from megaclap.training.grads import GradBuffer, clip_grad_norm, unscale_and_check
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
@@ -70,7 +73,7 @@ class Trainer:
         m, t = cfg.model, cfg.train
         shape = (t.micro_batch_size, m.seq_length, m.hidden_size)
         self.p2p = self.eval_p2p = None
-        self.link = simlink.SimLink.from_config(cfg.parallel, pstate.device) if pstate.pp_size > 1 else None
+        self.link = simlink.SimLink.from_config(cfg.parallel, pstate) if pstate.pp_size > 1 else None
         if pstate.pp_size > 1:
             self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link,
                            undo=self.scaler.enabled)  # only an fp16 step can be skipped and rolled back
@@ -86,7 +89,8 @@ class Trainer:
         self.iteration, self.skipped, self._nans, self._nan_pending = 0, 0, 0, None
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
-        self.timers = timers.Timers(t.timing_log_level, pstate.device)
+        self.timers = make_timers(cfg, pstate)  # an OpClock when the time model is on
+        self.time_model = TimingLog(cfg, pstate) if isinstance(self.timers, OpClock) else None
         if self.p2p is not None:
             self.p2p.timers = self.timers
         self.history: list = []  # (iteration, loss) on the last stage, for tests and tools
@@ -138,6 +142,7 @@ class Trainer:
         mbs = self._microbatches(batch)
         self.grad_buffer.start(len(mbs))
         info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure)
+        self.timers.begin_step(info.fresh, len(mbs))
         stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
                                  loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
@@ -145,7 +150,7 @@ class Trainer:
         self.timers.start("dp-allreduce")  # what backward's hooks left: the last buckets, tied embedding
         self.grad_buffer.finish()  # dp average (mostly overlapped with backward), tied-embedding sum
         self.timers.stop("dp-allreduce")
-        self.timers.start("optimizer")
+        self.timers.start("grad-norm")  # the step's synchronisation point of all model-parallel ranks
         skipped = False
         if self.scaler.enabled:
             skipped = unscale_and_check(self.stage, self.ps, self.scaler.scale)
@@ -153,6 +158,8 @@ class Trainer:
         if self.p2p is not None:  # Channel updates belong to the step (both ends agree on `skipped`)
             self.p2p.rollback() if skipped else self.p2p.commit()
         grad_norm = None if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
+        self.timers.stop("grad-norm")
+        self.timers.start("optimizer")
         gbs = self.last_gbs = len(batch.sample_ids) * self.ps.dp_size
         if not skipped:
             self.optimizer.step()
@@ -160,6 +167,7 @@ class Trainer:
             nan = (~torch.isfinite(grad_norm)).to(torch.int32)
             self._nan_pending = nan if self._nan_pending is None else self._nan_pending + nan
         self.timers.stop("optimizer")
+        self.timers.end_step()
         self.iteration += 1
         self.consumed_samples += gbs
         self.skipped += int(skipped)
@@ -191,6 +199,7 @@ class Trainer:
         reduced and read once per --log-interval (_IntervalLog.reduce), which also fills history."""
         t, log = self.cfg.train, _IntervalLog()
         while self.iteration < t.train_iters:
+            start = time.perf_counter()  # a step's time includes its data (as Megatron's interval timer)
             try:
                 batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
             except DataExhausted as e:
@@ -198,7 +207,6 @@ class Trainer:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
                 break
             log_step = (self.iteration + 1) % t.log_interval == 0 or self.iteration + 1 == t.train_iters
-            start = time.perf_counter()
             out = self.train_step(batch, sync=False, measure=log_step)
             if log_step and self.ps.device.type == "cuda":
                 torch.cuda.synchronize(self.ps.device)  # the interval's queued work ends here
@@ -220,8 +228,7 @@ class Trainer:
         """--exit-duration-in-mins: every rank agrees (max over the world), then save and stop."""
         over = torch.tensor([float(time.time() - self.start_time > 60 * self.cfg.train.exit_duration_in_mins)],
                             device=self.ps.device)
-        if dist.is_initialized():
-            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        world_all_reduce(over, self.ps, "max")
         done = bool(over.item())
         if done and checkpointer is not None and self.cfg.train.save:
             checkpointer.save(self)
@@ -246,11 +253,14 @@ class Trainer:
         store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
         wire = simlink.gather(self.link, self.ps) if self.link is not None else None
         phases = self.timers.gather(self.ps) if self.timers.level > 0 else None
-        if not self.ps.is_logging_rank:
-            return
         c, m = self.cfg, self.cfg.model
         gbs, samples = self.last_gbs, self.consumed_samples
         sec = log.seconds / max(1, log.steps)
+        modeled = None
+        if self.time_model is not None:  # every stage (a pp-group collective); a dict on the logging rank
+            modeled = self.time_model.report(self.timers, self.iteration, sec, gbs * m.seq_length)
+        if not self.ps.is_logging_rank:
+            return
         tokens_s = gbs * m.seq_length / sec
         tflops = flops_per_token(m, m.padded_vocab_size(self.ps.tp_size)) * tokens_s / self.ps.world_size / 1e12
         lr = self.optimizer.param_groups[0]["lr"]
@@ -263,6 +273,7 @@ class Trainer:
                             samples, vs_samples=False)
         extra += simlink.log_fields(wire, log.steps) if wire is not None else ""
         extra += timers.log_fields(phases, log.steps) if phases is not None else ""
+        extra += timing.log_fields(modeled) if modeled is not None else ""
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
@@ -275,6 +286,8 @@ class Trainer:
             self.tb.scalars(simlink.tb_scalars(wire, log.steps), self.iteration, samples, vs_samples=False)
         if phases is not None:
             self.tb.scalars(timers.tb_scalars(phases, log.steps), self.iteration, samples, vs_samples=False)
+        if modeled is not None:
+            self.tb.scalars(timing.tb_scalars(modeled), self.iteration, samples, vs_samples=False)
         self.tb.scalars({"distinct-samples": self.data.train.distinct_samples_seen}, self.iteration, samples,
                         vs_samples=False)
 
