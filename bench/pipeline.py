@@ -120,88 +120,14 @@ def _sim_worker(rank, world, argv, steps, transport):
     return {"step_s": statistics.median(times), "wire_busy_s": busy}
 
 
-class _Trace:
-    """Runner + comm stand-in that records one stage's schedule as (compute | send | recv) actions."""
-
-    def __init__(self, r: int, pp: int, cf: float, cb: float):
-        from megaclap.parallel.schedules import ScheduleStats
-        self.r, self.pp, self.cf, self.cb, self.acts, self.stats = r, pp, cf, cb, [], ScheduleStats()
-
-    def _msg(self, send: bool, d: str, i: int):
-        peer = self.r + 1 if (d == "fwd") == send else self.r - 1
-        if 0 <= peer < self.pp:
-            src, dst = (self.r, peer) if send else (peer, self.r)
-            self.acts.append(("send" if send else "recv", (src, dst, d, i)))
-        return 1
-
-    def forward(self, i, x):
-        self.stats.push()
-        self.acts.append(("compute", self.cf))
-        return None if self.r == self.pp - 1 else 1
-
-    def backward(self, j, g):
-        self.stats.pop()
-        self.acts.append(("compute", self.cb))
-        return None if self.r == 0 else 1
-
-    def recv_forward(self, i):
-        return self._msg(False, "fwd", i)
-
-    def recv_backward(self, j):
-        return self._msg(False, "bwd", j)
-
-    def send_forward(self, y, i):
-        if y is not None:
-            self._msg(True, "fwd", i)
-
-    def send_backward(self, dx, j):
-        if dx is not None:
-            self._msg(True, "bwd", j)
-
-    def send_forward_recv_backward(self, y, i, j):
-        if y is None:
-            return None
-        self._msg(True, "fwd", i)
-        return self._msg(False, "bwd", j)
-
-    def send_backward_recv_forward(self, dx, j, i):
-        if dx is None:
-            return None
-        self._msg(True, "bwd", j)
-        return self._msg(False, "fwd", i)
-
-
 def schedule_model(pp: int, m: int, schedule: str, s_msg: float, latency: float, c_mb: float) -> float:
-    """Step time the wire model predicts for this schedule: every stage's actions in order,
-    compute c_mb per microbatch and stage (1/3 forward, 2/3 backward), messages over FIFO wires
-    (start = max(wire free, sent), arrival = start + s_msg + latency), as megaclap.parallel.simlink."""
-    from megaclap.parallel.schedules import _gpipe, _one_f_one_b
-    acts = []
-    for r in range(pp):
-        t = _Trace(r, pp, c_mb / 3, 2 * c_mb / 3)
-        (_gpipe(t, t, m, t.stats) if schedule == "gpipe" else _one_f_one_b(t, t, m, pp, r, t.stats))
-        acts.append(t.acts)
-    clock, pos, sent, wire = [0.0] * pp, [0] * pp, {}, {}
-    while any(pos[r] < len(acts[r]) for r in range(pp)):
-        progressed = False
-        for r in range(pp):
-            while pos[r] < len(acts[r]):
-                kind, arg = acts[r][pos[r]]
-                if kind == "compute":
-                    clock[r] += arg
-                elif kind == "send":
-                    sent[arg] = clock[r]
-                elif arg not in sent:
-                    break
-                else:
-                    key = (arg[0], arg[2])
-                    start = max(wire.get(key, 0.0), sent[arg])
-                    wire[key] = start + s_msg
-                    clock[r] = max(clock[r], start + s_msg + latency)
-                pos[r] += 1
-                progressed = True
-        assert progressed, "the schedule model stalled"
-    return max(clock)
+    """Step time the time model (megaclap.parallel.timemodel) predicts for this schedule: compute
+    c_mb per microbatch and stage (1/3 forward, 2/3 backward), s_msg of serialisation per message
+    over the simulated link's wires, plus latency."""
+    from megaclap.parallel.simlink import Link
+    from megaclap.parallel.timemodel import step_time, uniform_stages
+    stages = uniform_stages(schedule, m, pp, c_mb / 3, 2 * c_mb / 3, nbytes=1)
+    return step_time(schedule, m, stages, Link(8 / s_msg, latency))
 
 
 def simlink_section(steps: int, bandwidth: str, latency: str) -> list:

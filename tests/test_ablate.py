@@ -78,3 +78,20 @@ def test_ablate_two_cells_then_resume(tmp_path):
 
     second = _ablate(grid_path, out)
     assert second.count("ablate: skipped ") == 2 and "ablate: done " not in second, second
+
+
+def test_an_emulated_cell_prices_links(tmp_path):
+    """launch.emulate: the PP=2 cell is one process (--pp-emulate, one torchrun proc); with
+    launch.links its result.json carries the time model's summary per link."""
+    grid = {**GRID, "launch": {"emulate": True, "pp": 2, "links": "10mbit:5ms,1gbit", "timeout_s": 120},
+            "experiments": [{"method": "clapping-fu", "fwd_codec": "topk:0.1", "bwd_codec": "quant:8", "p": 0.5}]}
+    grid_path, out = tmp_path / "grid.json", tmp_path / "out"
+    grid_path.write_text(json.dumps(grid))
+    assert _ablate(grid_path, out).count("ablate: done ") == 1
+    [cell] = list((out / "cells").iterdir())
+    cmd = (cell / "cmd.txt").read_text()
+    assert "--pp-emulate" in cmd and "--nproc_per_node 1" in cmd and "--timing-json" in cmd
+    timing = json.loads((cell / "result.json").read_text())["timing"]
+    assert timing["emulated"] and list(timing["links"]) == ["ideal", "10mbit:5ms", "1gbit"]
+    steps = timing["modeled_step_s"]
+    assert steps["10mbit:5ms"]["all"] > steps["1gbit"]["all"] > 0

@@ -136,3 +136,13 @@ def test_a_deadlock_is_reported():
 def test_unsupported_combinations_are_refused(extra, match):
     with pytest.raises(ConfigError, match=match):
         parse_args(tiny_args(extra=["--pipeline-model-parallel-size", "2", "--pp-emulate", *extra])).validate(2)
+
+
+def test_data_parallel_ranks_each_emulate_their_pipeline():
+    """dp=2: two processes, each holding both stages, reduce gradients over the real dp group in
+    the same order: the pp2 x dp2 four-process run's numbers."""
+    argv = _args(2, "ef21-aqsgd")
+    real = run_ranks(_real, 4, argv, 2)               # ranks 0, 1: stage 0 of dp 0, 1; ranks 2, 3: stage 1
+    emu = run_ranks(_emulated, 2, argv, 2)            # dp rank d: [stage 0, stage 1]
+    assert_identical([real[0], real[2]], emu[0], "dp rank 0")
+    assert_identical([real[1], real[3]], emu[1], "dp rank 1")

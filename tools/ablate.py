@@ -29,6 +29,12 @@ The grid is YAML or JSON (a .json file needs no pyyaml):
 
 Cell keys: model, regime, method, bwd_method, fwd_codec, bwd_codec, p (lazy-sampling
 probability; null = ordinary training), args (extra flags, a string), tag (a name suffix).
+
+Emulated cells (`launch: {emulate: true, links: "200mbit:50ms,1gbit:10ms"}`): each cell is one
+process holding all pp stages (--pp-emulate, nproc defaults to tp), so a GPT-size grid runs on one
+GPU; with `links` the cell prices those links with the time model and writes
+<cell>/timing.json (--timing-json), whose summary result.json carries as `timing` (modeled step
+time per link, fresh and repeated steps apart). Timing runs over real links become optional.
 Every other key of `train:`, `models:` and `regimes:` becomes a flag (`num_layers: 2` ->
 `--num-layers 2`, `online: true` -> `--online`), appended last so it wins.
 """
@@ -61,7 +67,7 @@ BUILTIN_REGIMES = {"few-epoch": {}, "online": {"online": True}}
 # The launcher's settings that a user's shell might hold: never inherited by a cell.
 LAUNCH_ENV = ("CONFIG", "TP", "PP", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR",
               "MASTER_PORT", "RDZV_BACKEND", "RDZV_ID", "DATA_ARGS", "COMPRESSION_ARGS", "PRECISION",
-              "TRAIN_ITERS", "CHECKPOINT_PATH", "TENSORBOARD_DIR", "TORCHRUN", "DRY_RUN",
+              "TRAIN_ITERS", "CHECKPOINT_PATH", "TENSORBOARD_DIR", "TORCHRUN", "DRY_RUN", "PP_EMULATE",
               "LR_WARMUP_ITERS", "LOG_INTERVAL", "EVAL_INTERVAL", "SAVE_INTERVAL")
 
 
@@ -165,14 +171,14 @@ def _torchrun() -> str:
 def launch_env(grid: dict, model: dict, data_flags: list, tb_dir: str) -> dict:
     """Environment for pretrain_gpt_distributed.sh (DRY_RUN=1: print the torchrun command)."""
     launch, train = grid.get("launch", {}), grid.get("train", {})
-    nproc = launch.get("nproc", 2)
+    nproc = launch.get("nproc", launch.get("tp", 1) if launch.get("emulate") else 2)
     iters = int(model.get("train_iters") or train.get("train_iters", 1000))
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CONFIG=model.get("config", "gpt-tiny"), TP=str(launch.get("tp", 1)),
                PP=str(launch.get("pp", 2)), NNODES="1", NODE_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()), TORCHRUN=launch.get("torchrun", _torchrun()),
                DATA_ARGS=" ".join(data_flags), TENSORBOARD_DIR=tb_dir, DRY_RUN="1",
-               LR_WARMUP_ITERS=str(max(1, iters // 10)))
+               LR_WARMUP_ITERS=str(max(1, iters // 10)), PP_EMULATE="1" if launch.get("emulate") else "0")
     if nproc != "auto":
         env["NPROC_PER_NODE"] = str(nproc)
         cores = os.cpu_count() or 1
@@ -188,6 +194,29 @@ def model_options(grid: dict, name: str) -> dict:
     if "lr" in model and "min_lr" not in model:
         model["min_lr"] = float(model["lr"]) / 10
     return model
+
+
+def timing_flags(grid: dict, cell_dir: str) -> list:
+    """--sim-links and --timing-json <cell>/timing.json when the grid prices links (launch.links)
+    or emulates the pipeline (the time model's measurements are what an emulated cell is for)."""
+    launch = grid.get("launch", {})
+    flags = ["--sim-links", launch["links"]] if launch.get("links") else []
+    if flags or launch.get("emulate"):
+        flags += ["--timing-json", os.path.join(cell_dir, "timing.json")]
+    return flags
+
+
+def cell_timing(cell_dir: str) -> Optional[dict]:
+    """The time model's summary of a finished cell (None without a timing.json): per link the
+    modeled step time (all, fresh and repeated steps; medians after the first log interval) and
+    the measured step time (single-device when emulated)."""
+    path = os.path.join(cell_dir, "timing.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        doc = json.load(f)
+    return {"emulated": doc["emulated"], "links": doc["links"], "tokens_per_step": doc["tokens_per_step"],
+            **doc["summary"], "path": path}
 
 
 def cell_command(grid: dict, cell: Cell, plan: DataPlan, tb_dir: str) -> tuple:
@@ -207,7 +236,7 @@ def cell_command(grid: dict, cell: Cell, plan: DataPlan, tb_dir: str) -> tuple:
     sizes = {k: v for k, v in model.items() if k not in ("config", "precision", "args")}
     argv = (shlex.split(dry.stdout) + to_flags(grid.get("train", {})) + to_flags(sizes)
             + shlex.split(model.get("args", "")) + to_flags(regime) + cell.compression_flags()
-            + shlex.split(cell.args))
+            + timing_flags(grid, os.path.dirname(tb_dir)) + shlex.split(cell.args))
     env.pop("DRY_RUN")
     return argv, env
 
@@ -275,6 +304,7 @@ def run_cell(grid: dict, cell: Cell, plan: DataPlan, cells_dir: str, dry_run: bo
               f"{os.path.join(cell_dir, 'train.log')})", flush=True)
         return None
     result = ablate_report.summarize_cell(cell_dir, {**asdict(cell), "name": cell.name}, argv, wall)
+    result["timing"] = cell_timing(cell_dir)
     with open(result_path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(result_path + ".tmp", result_path)

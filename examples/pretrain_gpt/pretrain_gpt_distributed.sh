@@ -6,7 +6,8 @@
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG           model size, a file in configs/ without .sh [gpt-tiny]
 #   TP, PP           tensor / pipeline parallel sizes [the config's SUGGESTED_TP / SUGGESTED_PP]
-#   NPROC_PER_NODE   processes on this node [GPUs on this node, else TP * PP]
+#   PP_EMULATE=1     hold all PP stages in each process (--pp-emulate): a pipeline on one device
+#   NPROC_PER_NODE   processes on this node [GPUs on this node, else TP * PP (TP with PP_EMULATE=1)]
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   [1, 0, 127.0.0.1, 6000]
 #   RDZV_BACKEND     set to c10d for elastic rendezvous at MASTER_ADDR:MASTER_PORT
 #                    (RDZV_ID names the job) instead of a fixed NODE_RANK
@@ -49,6 +50,8 @@ PP=${PP:-$SUGGESTED_PP}
 if [[ -z "${NPROC_PER_NODE:-}" ]]; then
     if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
         NPROC_PER_NODE=$(nvidia-smi -L | wc -l)
+    elif [[ "${PP_EMULATE:-0}" == 1 ]]; then
+        NPROC_PER_NODE=$TP                # CPU, emulated pipeline: one process per replica
     else
         NPROC_PER_NODE=$((TP * PP))       # CPU: the smallest world for this layout
     fi
@@ -75,6 +78,7 @@ GPT_ARGS=(
     $MODEL_ARGS
 )
 PARALLEL_ARGS=(--tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP")
+if [[ "${PP_EMULATE:-0}" == 1 ]]; then PARALLEL_ARGS+=(--pp-emulate); fi
 TRAIN_ARGS=(
     --micro-batch-size "$MICRO_BATCH_SIZE" --global-batch-size "$GLOBAL_BATCH_SIZE"
     --train-iters "${TRAIN_ITERS:-1000}" --lr "$LR" --min-lr "$(awk "BEGIN {print $LR / 10}")"

@@ -187,6 +187,7 @@ class LinkStats:
     bytes: int = 0
     wire_s: float = 0.0   # sum over messages of bytes*8/bandwidth + latency
     wait_s: float = 0.0   # host time spent sleeping for arrivals (and, sender=on, departures)
+    late_s: float = 0.0   # how much later than the model's time groups completed (transport, wake-up)
 
 
 class SimLink:
@@ -261,16 +262,18 @@ class SimLink:
         if delay > 0:
             time.sleep(delay)
             self.stats.wait_s += delay
+        if until > float("-inf"):  # what the link model leaves out: the real transfer, waking up
+            self.stats.late_s += max(0.0, time.monotonic() - until)
 
 
-FIELDS = ("busiest wire busy (s)", "wire time (s)", "wait (s)")
+FIELDS = ("busiest wire busy (s)", "wire time (s)", "wait (s)", "late (s)")
 
 
 def gather(link: Optional[SimLink], pstate) -> torch.Tensor:
-    """Max over the pp group of (busiest wire's busy time, summed wire time, host wait) since the
-    last call; a pp-group collective (every rank calls it). Resets the counters."""
+    """Max over the pp group of (busiest wire's busy time, summed wire time, host wait, lateness)
+    since the last call; a pp-group collective (every rank calls it). Resets the counters."""
     s = link.stats if link is not None else LinkStats()
-    out = torch.tensor([max(s.busy_s.values(), default=0.0), s.wire_s, s.wait_s], dtype=torch.float64)
+    out = torch.tensor([max(s.busy_s.values(), default=0.0), s.wire_s, s.wait_s, s.late_s], dtype=torch.float64)
     if link is not None:
         link.stats = LinkStats()
         link.wires.busy.clear()
@@ -279,11 +282,12 @@ def gather(link: Optional[SimLink], pstate) -> torch.Tensor:
 
 def log_fields(arr: torch.Tensor, steps: int) -> str:
     """Per-step simulated wire time for the log line (max over the stages)."""
-    busy, wire, wait = (float(v) * 1e3 / max(1, steps) for v in arr)
+    busy, wire, wait, late = (float(v) * 1e3 / max(1, steps) for v in arr)
     return (f" sim wire busy per step (ms): {busy:.1f} | sim wire time per step (ms): {wire:.1f} |"
-            f" sim link wait per step (ms): {wait:.1f} |")
+            f" sim link wait per step (ms): {wait:.1f} | sim link late per step (ms): {late:.1f} |")
 
 
 def tb_scalars(arr: torch.Tensor, steps: int) -> dict:
-    busy, wire, wait = (float(v) / max(1, steps) for v in arr)
-    return {"sim-link/busiest-wire-busy-time": busy, "sim-link/wire-time": wire, "sim-link/wait-time": wait}
+    busy, wire, wait, late = (float(v) / max(1, steps) for v in arr)
+    return {"sim-link/busiest-wire-busy-time": busy, "sim-link/wire-time": wire, "sim-link/wait-time": wait,
+            "sim-link/late-time": late}

@@ -46,6 +46,7 @@ class OpClock(Timers):
         self._steps: list = []    # resolved step records since the last take()
         self._step: Optional[dict] = None
         self._phase: Optional[_Span] = None
+        self._loose: list = []    # phases before the step (its data): they belong to the next step
         self._paused = False
 
     def _mark(self):
@@ -62,8 +63,10 @@ class OpClock(Timers):
 
     # --- steps and phases -------------------------------------------------------------------
     def begin_step(self, fresh: bool, microbatches: int) -> None:
-        self._step = {"fresh": bool(fresh), "microbatches": int(microbatches), "spans": [],
-                      "span": _Span("step", self._mark()), "wall": [time.perf_counter(), None]}
+        self._step = {"fresh": bool(fresh), "microbatches": int(microbatches), "spans": self._loose,
+                      "before": len(self._loose), "span": _Span("step", self._mark()),
+                      "wall": [time.perf_counter(), None]}
+        self._loose = []
 
     def end_step(self) -> None:
         if self._step is None:
@@ -74,24 +77,19 @@ class OpClock(Timers):
         self._step = None
 
     def phase(self, name: str):
-        if self._step is None:
-            return super().phase(name)
         if self._open is not None:
             return super().phase("")  # nested: counted in the outer phase only
         return self._timed(name)
 
     def start(self, name: str) -> None:
-        if self._step is None:
-            return super().start(name)
-        if self._open is not None:
-            return
-        self._open, self._phase = name, _Span(name, self._mark())
+        if self._open is None:
+            self._open, self._phase = name, _Span(name, self._mark())
 
     def stop(self, name: str) -> None:
         if self._phase is None or self._open != name:
-            return super().stop(name)
+            return
         self._phase.segments[-1][1] = self._mark()
-        self._step["spans"].append(self._phase)
+        (self._step["spans"] if self._step is not None else self._loose).append(self._phase)
         self._open, self._phase = None, None
 
     def sent(self, direction: str, nbytes: int) -> None:
@@ -138,8 +136,9 @@ class OpClock(Timers):
                 name = ALIASES.get(span.name, span.name)
                 if name in self.seconds:
                     self.seconds[name] += seconds
+            before = sum(seconds for _, seconds, _, _ in phases[:step["before"]])  # its data, loaded first
             self._steps.append({"fresh": step["fresh"], "microbatches": step["microbatches"],
-                                "own": self.own, "total": self._seconds(step["span"]),
+                                "own": self.own, "total": self._seconds(step["span"]) + before,
                                 "wall": step["wall"][1] - step["wall"][0], "end": step["wall"][1],
                                 "phases": phases})
         self._pending = []

@@ -64,7 +64,9 @@ class Timers:
         if self._open != name:
             return
         self._sync()
-        self.seconds[ALIASES.get(name, name)] += time.perf_counter() - self._start
+        key = ALIASES.get(name, name)
+        if key in self.seconds:  # phases outside PHASES (e.g. "data") only feed the time model
+            self.seconds[key] += time.perf_counter() - self._start
         self._open = None
 
     # --- hooks of the time model (megaclap.training.opclock.OpClock); nothing here ---------------

@@ -6,8 +6,8 @@ the log line, TensorBoard and --timing-json.
 From a step's phases (megaclap.training.opclock) each stage gets, per operation of
 stage_ops(schedule, M, pp, r): forward / backward compute, encode time and payload bytes of its
 send, decode time of its receive; and
-    start   its optimizer step plus the step's work outside any phase (the time before its
-            first operation after the synchronisation point)
+    start   the rest of its step: its optimizer step, the next step's data, the work outside
+            any phase (the time from the synchronisation point to its first operation)
     end     its gradient reduction (dp-allreduce), plus the grad-norm phase where the clock
             measured own time (an emulated stage); in a real multi-process run that phase is
             mostly the wait for the other stages, which the replay itself produces
@@ -73,9 +73,9 @@ def stage_times(record: dict, schedule: str, pp: int, stage: int) -> StageTimes:
     by: dict = {}
     for name, seconds, _, _ in record["phases"]:
         by[name] = by.get(name, 0.0) + seconds
-    other = max(0.0, record["total"] - sum(by.values()))
     end = by.get("dp-allreduce", 0.0) + (by.get("grad-norm", 0.0) if record["own"] else 0.0)
-    return StageTimes(ops, start=by.get("optimizer", 0.0) + other, end=end)
+    placed = sum(by.get(name, 0.0) for name in SCHEDULE_PHASES + ("p2p-wait", "dp-allreduce", "grad-norm"))
+    return StageTimes(ops, start=max(0.0, record["total"] - placed), end=end)
 
 
 def _mean(values) -> Optional[float]:

@@ -201,7 +201,8 @@ class Trainer:
         while self.iteration < t.train_iters:
             start = time.perf_counter()  # a step's time includes its data (as Megatron's interval timer)
             try:
-                batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
+                with self.timers.phase("data"):  # the time model counts it in the step
+                    batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
             except DataExhausted as e:
                 if self.ps.is_logging_rank:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
@@ -262,7 +263,8 @@ class Trainer:
         if not self.ps.is_logging_rank:
             return
         tokens_s = gbs * m.seq_length / sec
-        tflops = flops_per_token(m, m.padded_vocab_size(self.ps.tp_size)) * tokens_s / self.ps.world_size / 1e12
+        devices = self.ps.world_size // (self.ps.pp_size if c.parallel.pp_emulate else 1)  # emulated: one per pipeline
+        tflops = flops_per_token(m, m.padded_vocab_size(self.ps.tp_size)) * tokens_s / devices / 1e12
         lr = self.optimizer.param_groups[0]["lr"]
         loss = log.loss / max(1, log.steps)
         extra = telemetry.log_fields(comp) if comp is not None else ""
