@@ -134,7 +134,8 @@ class ParallelConfig:
     tokens/s per link go to the log line, TensorBoard and --timing-json."""
 
     def __post_init__(self):
-        from megaclap.parallel.simlink import parse_bandwidth, parse_conventions, parse_latency, parse_links
+        from megaclap.parallel.simlink import (parse_bandwidth, parse_conventions, parse_latency,
+                                               parse_links)
         if self.sim_link_bandwidth is not None:
             parse_bandwidth(self.sim_link_bandwidth)
         if self.sim_link_latency is not None:
@@ -282,7 +283,8 @@ class MegaclapConfig:
 
     def data_parallel_size(self, world_size: int) -> int:
         p = self.parallel
-        return p.grid_world_size(world_size) // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
+        grid = p.grid_world_size(world_size)
+        return grid // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
 
     def num_microbatches(self, world_size: int) -> int:
         dp = self.data_parallel_size(world_size)

@@ -111,13 +111,13 @@ def _check_emulation(cfg: MegaclapConfig) -> None:
     if not p.pp_emulate:
         return
     _check(p.tensor_model_parallel_size == 1,
-           "--pp-emulate with --tensor-model-parallel-size > 1 is not supported: emulate the pipeline at tp 1 "
-           "(the stage boundaries and Channels are the same) or launch one process per stage")
+           "--pp-emulate with --tensor-model-parallel-size > 1 is not supported: emulate the pipeline "
+           "at tp 1 (the stage boundaries and Channels are the same) or launch one process per stage")
     _check(p.sim_link_bandwidth is None and p.sim_link_latency is None,
            "--sim-link-bandwidth/--sim-link-latency delay messages between processes; with --pp-emulate "
            "price links from the run's own measurements with --sim-links instead")
-    _check(not t.compile, "--compile is not supported with --pp-emulate (its stages run in one process's "
-           "threads); drop one of the two")
+    _check(not t.compile, "--compile is not supported with --pp-emulate (its stages run in one "
+           "process's threads); drop one of the two")
 
 
 def validate_config(cfg: MegaclapConfig, world_size: int) -> None:

@@ -86,7 +86,8 @@ class Baton:
                 self.turns[nxt].notify()
                 return
         if len(self.done) < n and self.error is None:
-            stuck = "; ".join(f"stage {s} waits for {what}" for s, (_, what) in sorted(self.waiting.items()))
+            stuck = "; ".join(f"stage {s} waits for {what}"
+                              for s, (_, what) in sorted(self.waiting.items()))
             self.deadlock = RuntimeError(f"emulated pipeline deadlock: {stuck}")
             self._fail(self.deadlock)
 
@@ -114,7 +115,7 @@ class Baton:
                 self._await_turn(stage)
 
     def wait(self, stage: int, ready: Callable[[], bool], what: str) -> None:
-        """Block `stage` until ready() (made true by another stage), running the others meanwhile."""
+        """Block `stage` until ready() (another stage makes it true), running the others meanwhile."""
         if ready():
             return
         with self.lock:
@@ -152,7 +153,8 @@ class LocalGroup:
         entry = self.rounds.setdefault(k, {"values": {}, "read": 0})
         entry["values"][stage] = obj
         n = len(self.stages)
-        self.baton.wait(stage, lambda: len(entry["values"]) == n, f"collective {k} of stages {self.stages}")
+        self.baton.wait(stage, lambda: len(entry["values"]) == n,
+                        f"collective {k} of stages {self.stages}")
         out = [entry["values"][s] for s in self.stages]
         entry["read"] += 1
         if entry["read"] == n:

@@ -97,7 +97,8 @@ def _one_f_one_b(m: int, pp: int, r: int) -> list:
         i = warmup + j
         out += [Action(FORWARD, i), Action(SEND_FORWARD_RECV_BACKWARD, i, j), Action(BACKWARD, j)]
         last = j + 1 == steady
-        out.append(Action(SEND_BACKWARD, j) if last else Action(SEND_BACKWARD_RECV_FORWARD, j, i + 1))
+        out.append(Action(SEND_BACKWARD, j) if last
+                   else Action(SEND_BACKWARD_RECV_FORWARD, j, i + 1))
     for j in range(steady, m):
         out += [Action(RECV_BACKWARD, j), Action(BACKWARD, j), Action(SEND_BACKWARD, j)]
     return out
@@ -124,14 +125,18 @@ def stage_ops(schedule: str, m: int, pp: int, stage: int) -> list:
     microbatches, in order; p2p groups that move nothing on this stage are left out."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown pipeline schedule {schedule!r} (one of {SCHEDULES})")
-    ops = _one_f_one_b(m, pp, stage) if schedule == "1f1b" else _gpipe(m, schedule == "forward-only")
+    if schedule == "1f1b":
+        ops = _one_f_one_b(m, pp, stage)
+    else:
+        ops = _gpipe(m, schedule == "forward-only")
     ops = [a for a in ops if _moves(a, stage, pp)]
     held, peak = 0, 0
     for a in ops:
         if schedule != "forward-only":
             held += {FORWARD: 1, BACKWARD: -1}.get(a.kind, 0)
             peak = max(peak, held)
-    assert held == 0 and peak <= in_flight_bound(schedule, m, pp, stage), (schedule, m, pp, stage, peak)
+    bound = in_flight_bound(schedule, m, pp, stage)
+    assert held == 0 and peak <= bound, (schedule, m, pp, stage, peak)
     return ops
 
 

@@ -85,7 +85,9 @@ def dist_transport(group) -> Callable:
 def _independent_ops(group) -> bool:
     """Whether p2p operations progress independently of each other (gloo) rather than in one
     ordered stream per peer (NCCL)."""
-    return group is not None and not isinstance(group, LocalMember) and dist.get_backend(group) == "gloo"
+    if group is None or isinstance(group, LocalMember):
+        return False
+    return dist.get_backend(group) == "gloo"
 
 
 @dataclass
@@ -131,8 +133,9 @@ class P2P:
         self.stores: dict = {}
         self.pending: list = []  # (work, Op) of sends not yet completed (the Op keeps its tensor alive)
         group = getattr(pstate.pp, "group", None)
-        # an emulated pipeline's stages talk through an in-process mailbox (megaclap.parallel.emulate)
-        self.transport = pstate.transport() if isinstance(group, LocalMember) else dist_transport(group)
+        # an emulated pipeline's stages talk through an in-process mailbox (parallel/emulate.py)
+        local = isinstance(group, LocalMember)
+        self.transport = pstate.transport() if local else dist_transport(group)
         self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
         self.early_recv = _independent_ops(getattr(pstate.pp, "group", None))
         self.posted: dict = {}  # (direction, slot) -> (waits, _Recv) of receives posted early

@@ -64,7 +64,8 @@ OPTIONS = {"wire": ("pair", "inbound"), "latency": ("pipelined", "per-message"),
 PRESETS = {
     "megaclap": {"wire": "pair", "latency": "pipelined", "sender": "off", "share": "tp"},
     "nccl": {"wire": "pair", "latency": "pipelined", "sender": "on", "share": "tp"},
-    "protocol-nanogpt": {"wire": "inbound", "latency": "per-message", "sender": "off", "share": "rank"},
+    "protocol-nanogpt": {"wire": "inbound", "latency": "per-message", "sender": "off",
+                         "share": "rank"},
 }
 
 
@@ -142,7 +143,8 @@ class Link:
 
     def for_rank(self, tp: int, dp: int) -> "Link":
         """The link as one rank sees it: its share of the node's bandwidth."""
-        return dataclasses.replace(self, bandwidth=self.bandwidth / self.conventions.sharers(tp, dp))
+        share = self.conventions.sharers(tp, dp)
+        return dataclasses.replace(self, bandwidth=self.bandwidth / share)
 
 
 def parse_links(text: str, conventions: Conventions, flag: str = "--sim-links") -> list:
@@ -153,7 +155,8 @@ def parse_links(text: str, conventions: Conventions, flag: str = "--sim-links") 
         body, _, preset = item.partition("@")
         rate, _, delay = body.partition(":")
         conv = parse_conventions(preset, flag) if preset else conventions
-        links.append(Link(parse_bandwidth(rate, flag), parse_latency(delay or "0", flag), conv, item))
+        bandwidth, latency = parse_bandwidth(rate, flag), parse_latency(delay or "0", flag)
+        links.append(Link(bandwidth, latency, conv, item))
     if not links:
         raise ConfigError(f"{flag} {text!r}: expected links such as 200mbit:50ms,1gbit:10ms")
     return links
@@ -187,7 +190,7 @@ class LinkStats:
     bytes: int = 0
     wire_s: float = 0.0   # sum over messages of bytes*8/bandwidth + latency
     wait_s: float = 0.0   # host time spent sleeping for arrivals (and, sender=on, departures)
-    late_s: float = 0.0   # how much later than the model's time groups completed (transport, wake-up)
+    late_s: float = 0.0   # how much later than the model groups completed (transfer, waking up)
 
 
 class SimLink:
@@ -197,10 +200,12 @@ class SimLink:
     node's, split among the ranks that share it."""
 
     def __init__(self, bandwidth_bps: float, latency_s: float = 0.0, device=None,
-                 conventions: Optional[Conventions] = None, rank: int = 0, tp: int = 1, dp: int = 1):
+                 conventions: Optional[Conventions] = None, rank: int = 0, tp: int = 1,
+                 dp: int = 1):
         conv = conventions or Conventions()
         self.link = Link(float(bandwidth_bps), float(latency_s), conv).for_rank(tp, dp)
-        self.bandwidth, self.latency, self.conventions = self.link.bandwidth, self.link.latency, conv
+        self.bandwidth, self.latency = self.link.bandwidth, self.link.latency
+        self.conventions = conv
         self.rank, self.tp, self.dp = rank, tp, dp
         self.device = torch.device(device or "cpu")
         self.wires, self.sent_wires = Wires(self.link), Wires(self.link)
@@ -215,7 +220,8 @@ class SimLink:
             return None
         return cls(parse_bandwidth(bw) if bw is not None else float("inf"),
                    parse_latency(lat) if lat is not None else 0.0, pstate.device,
-                   parse_conventions(parallel_cfg.link_model), pstate.rank, pstate.tp_size, pstate.dp_size)
+                   parse_conventions(parallel_cfg.link_model), pstate.rank, pstate.tp_size,
+                   pstate.dp_size)
 
     @property
     def wire_free(self) -> dict:
@@ -257,7 +263,8 @@ class SimLink:
         until, self.due = self.due, float("-inf")
         if payload is not None:
             key = self.conventions.receive_key(self._node(peer), self._node(self.rank))
-            until = max(until, self.arrival(key, payload.numel() * payload.element_size(), float(stamp.item())))
+            nbytes = payload.numel() * payload.element_size()
+            until = max(until, self.arrival(key, nbytes, float(stamp.item())))
         delay = until - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -273,7 +280,8 @@ def gather(link: Optional[SimLink], pstate) -> torch.Tensor:
     """Max over the pp group of (busiest wire's busy time, summed wire time, host wait, lateness)
     since the last call; a pp-group collective (every rank calls it). Resets the counters."""
     s = link.stats if link is not None else LinkStats()
-    out = torch.tensor([max(s.busy_s.values(), default=0.0), s.wire_s, s.wait_s, s.late_s], dtype=torch.float64)
+    busiest = max(s.busy_s.values(), default=0.0)
+    out = torch.tensor([busiest, s.wire_s, s.wait_s, s.late_s], dtype=torch.float64)
     if link is not None:
         link.stats = LinkStats()
         link.wires.busy.clear()
@@ -289,5 +297,5 @@ def log_fields(arr: torch.Tensor, steps: int) -> str:
 
 def tb_scalars(arr: torch.Tensor, steps: int) -> dict:
     busy, wire, wait, late = (float(v) / max(1, steps) for v in arr)
-    return {"sim-link/busiest-wire-busy-time": busy, "sim-link/wire-time": wire, "sim-link/wait-time": wait,
-            "sim-link/late-time": late}
+    return {"sim-link/busiest-wire-busy-time": busy, "sim-link/wire-time": wire,
+            "sim-link/wait-time": wait, "sim-link/late-time": late}

@@ -151,9 +151,9 @@ def check_one_device_per_rank(backend: str, world_size: int) -> None:
     devices = torch.cuda.device_count()
     if backend == "nccl" and world_size > 1 and local > devices:
         from megaclap.errors import UserError
-        raise UserError(f"{local} processes on this node but {devices} CUDA device(s): NCCL needs one device "
-                        "per process; on one GPU run the pipeline in one process with --pp-emulate "
-                        "(NPROC_PER_NODE=1), or launch at most one process per device")
+        raise UserError(f"{local} processes on this node but {devices} CUDA device(s): NCCL needs one "
+                        "device per process; on one GPU run the pipeline in one process with "
+                        "--pp-emulate (NPROC_PER_NODE=1), or launch at most one process per device")
 
 
 def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
@@ -165,7 +165,8 @@ def initialize_distributed(tp: int, pp: int, timeout_minutes: float = 10.0,
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = device or pick_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
-        check_one_device_per_rank(backend or ("nccl" if device.type == "cuda" else "gloo"), world_size)
+        default = "nccl" if device.type == "cuda" else "gloo"
+        check_one_device_per_rank(backend or default, world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

@@ -115,7 +115,8 @@ def replay(schedule: str, m: int, stages: list, link: Optional[Link]) -> list:
             while pos[r] < len(plans[r]) and state.step(r, pos[r]):
                 pos[r] += 1
         if (sum(pos), state.posted) == before:
-            stuck = [f"stage {r} at {plans[r][pos[r]]}" for r in range(pp) if pos[r] < len(plans[r])]
+            stuck = [f"stage {r} at {plans[r][pos[r]]}" for r in range(pp)
+                     if pos[r] < len(plans[r])]
             raise RuntimeError(f"the {schedule} schedule cannot finish: {', '.join(stuck)}")
     return [state.clock[r] + stages[r].end for r in range(pp)]
 
@@ -135,7 +136,8 @@ def uniform_stages(schedule: str, m: int, pp: int, forward: float, backward: flo
             if a.is_compute:
                 costs.append(OpTime(seconds=forward if a.kind == "forward" else backward))
             else:
-                costs.append(OpTime(encode=encode if a.send() else 0.0, nbytes=nbytes if a.send() else 0,
-                                    decode=decode if a.recv() else 0.0))
+                sends = a.send() is not None
+                costs.append(OpTime(encode=encode if sends else 0.0, nbytes=nbytes if sends else 0,
+                                    decode=decode if a.recv() is not None else 0.0))
         out.append(StageTimes(costs))
     return out

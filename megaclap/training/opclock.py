@@ -136,7 +136,7 @@ class OpClock(Timers):
                 name = ALIASES.get(span.name, span.name)
                 if name in self.seconds:
                     self.seconds[name] += seconds
-            before = sum(seconds for _, seconds, _, _ in phases[:step["before"]])  # its data, loaded first
+            before = sum(seconds for _, seconds, _, _ in phases[:step["before"]])  # its data
             self._steps.append({"fresh": step["fresh"], "microbatches": step["microbatches"],
                                 "own": self.own, "total": self._seconds(step["span"]) + before,
                                 "wall": step["wall"][1] - step["wall"][0], "end": step["wall"][1],
@@ -157,7 +157,7 @@ class OpClock(Timers):
 
 
 def wants_op_times(cfg) -> bool:
-    """Whether this run feeds the time model: an emulated pipeline, priced links or a timing file."""
+    """Whether the run feeds the time model: an emulated pipeline, priced links or a timing file."""
     return bool(cfg.parallel.pp_emulate or cfg.parallel.sim_links or cfg.train.timing_json)
 
 

@@ -38,7 +38,7 @@ def setup(argv: Optional[Sequence[str]] = None):
     resolve_vocab_size(cfg)
     cfg.validate(world_size)
     p = cfg.parallel
-    pp = 1 if p.pp_emulate else p.pipeline_model_parallel_size  # emulated: this process holds every stage
+    pp = 1 if p.pp_emulate else p.pipeline_model_parallel_size  # emulated: a process holds all
     pstate = initialize_distributed(p.tensor_model_parallel_size, pp, p.distributed_timeout_minutes,
                                     p.distributed_backend)
     return cfg, pstate

@@ -146,7 +146,8 @@ def startup_summary(cfg, trainer) -> list:
     lines.append(vocab_line(cfg, ps.tp_size))
     lines += parameter_lines(cfg, ps.tp_size, ps.pp_size)
     lines += dataset_lines(trainer)
-    lines += compression_lines(cfg, ps.pp_size, cfg.train.global_batch_size // (cfg.train.micro_batch_size * ps.dp_size))
+    microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * ps.dp_size)
+    lines += compression_lines(cfg, ps.pp_size, microbatches)
     return lines + link_lines(cfg)
 
 

@@ -43,6 +43,7 @@ from megaclap.parallel.simlink import Link, parse_conventions, parse_links
 from megaclap.parallel.timemodel import OpTime, StageTimes, step_time
 
 SCHEDULE_PHASES = ("forward-compute", "backward-compute", "encode", "decode")
+PLACED = ("p2p-wait", "dp-allreduce", "grad-norm")  # phases not part of a stage's `start`
 IDEAL = "ideal"
 
 
@@ -53,8 +54,9 @@ def stage_times(record: dict, schedule: str, pp: int, stage: int) -> StageTimes:
 
     def take(name: str) -> tuple:
         if not queue or queue[0][0] != name:
-            raise ValueError(f"stage {stage}: the step's phases do not follow the {schedule} schedule "
-                             f"(expected {name}, got {queue[0][0] if queue else 'nothing'})")
+            got = queue[0][0] if queue else "nothing"
+            raise ValueError(f"stage {stage}: the step's phases do not follow the {schedule} "
+                             f"schedule (expected {name}, got {got})")
         return queue.popleft()
 
     ops = []
@@ -69,12 +71,13 @@ def stage_times(record: dict, schedule: str, pp: int, stage: int) -> StageTimes:
             cost.decode = take("decode")[1]
         ops.append(cost)
     if queue:
-        raise ValueError(f"stage {stage}: {len(queue)} phases left over after the {schedule} schedule")
+        raise ValueError(f"stage {stage}: {len(queue)} phases left over after the {schedule} "
+                         "schedule")
     by: dict = {}
     for name, seconds, _, _ in record["phases"]:
         by[name] = by.get(name, 0.0) + seconds
     end = by.get("dp-allreduce", 0.0) + (by.get("grad-norm", 0.0) if record["own"] else 0.0)
-    placed = sum(by.get(name, 0.0) for name in SCHEDULE_PHASES + ("p2p-wait", "dp-allreduce", "grad-norm"))
+    placed = sum(by.get(name, 0.0) for name in SCHEDULE_PHASES + PLACED)
     return StageTimes(ops, start=max(0.0, record["total"] - placed), end=end)
 
 
@@ -99,11 +102,13 @@ def _stage_summary(records: list, schedule: str, pp: int, stage: int) -> dict:
             if action.send() is not None:
                 d = action.send()[0]
                 enc.setdefault(d, []).append(cost.encode)
-                sizes.setdefault(d, {}).setdefault("fresh" if rec["fresh"] else "repeat", []).append(cost.nbytes)
+                kind = "fresh" if rec["fresh"] else "repeat"
+                sizes.setdefault(d, {}).setdefault(kind, []).append(cost.nbytes)
             if action.recv() is not None:
                 dec.setdefault(action.recv()[0], []).append(cost.decode)
     return {"forward_s": _mean(fwd), "backward_s": _mean(bwd),
-            "encode_s": {d: _mean(v) for d, v in enc.items()}, "decode_s": {d: _mean(v) for d, v in dec.items()},
+            "encode_s": {d: _mean(v) for d, v in enc.items()},
+            "decode_s": {d: _mean(v) for d, v in dec.items()},
             "bytes": {d: {k: _mean(v) for k, v in kinds.items()} for d, kinds in sizes.items()},
             "start_s": _mean(start), "end_s": _mean(end)}
 
@@ -136,7 +141,8 @@ class TimingLog:
     def _rank_links(self) -> list:
         return [link.for_rank(self.ps.tp_size, self.ps.dp_size) for link in self.links]
 
-    def report(self, clock, iteration: int, measured_step_s: float, tokens_per_step: int) -> Optional[dict]:
+    def report(self, clock, iteration: int, measured_step_s: float,
+               tokens_per_step: int) -> Optional[dict]:
         """Gather this interval's records of every stage (a pp-group collective: every stage calls
         it) and, on the logging rank, model them; the interval's entry (None elsewhere)."""
         mine = clock.take()
@@ -150,15 +156,18 @@ class TimingLog:
             # the step period; None for an interval's first step (its gap holds logging, evaluation)
             period = None if k == 0 else rec["end"] - mine[k - 1]["end"]
             stages = [stage_times(by_stage[r][k], self.schedule, pp, r) for r in range(pp)]
-            modeled = {link.name: step_time(self.schedule, rec["microbatches"], stages, link) for link in links}
-            new.append({"iteration": first + k, "fresh": rec["fresh"], "microbatches": rec["microbatches"],
+            m = rec["microbatches"]
+            modeled = {link.name: step_time(self.schedule, m, stages, link) for link in links}
+            new.append({"iteration": first + k, "fresh": rec["fresh"], "microbatches": m,
                         "measured_s": period, "modeled_s": modeled})
         self.steps += new
-        entry = {"iteration": iteration, "steps": len(new), "fresh_steps": sum(s["fresh"] for s in new),
+        entry = {"iteration": iteration, "steps": len(new),
+                 "fresh_steps": sum(s["fresh"] for s in new),
                  "measured_step_s": measured_step_s,
                  "modeled_step_s": {link.name: _split(new, link.name) for link in links},
                  "stages": [_stage_summary(by_stage[r], self.schedule, pp, r) for r in range(pp)]}
-        entry["modeled_tokens_per_s"] = {n: tokens_per_step / v["all"] for n, v in entry["modeled_step_s"].items()}
+        entry["modeled_tokens_per_s"] = {n: tokens_per_step / v["all"]
+                                         for n, v in entry["modeled_step_s"].items()}
         self.intervals.append(entry)
         if self.path:
             self._write(tokens_per_step)
@@ -174,12 +183,15 @@ class TimingLog:
                "modeled_step_s": {}}
         for link in self.links:
             def med(fresh, name=link.name):
-                return _median(s["modeled_s"][name] for s in steady if fresh is None or s["fresh"] == fresh)
-            out["modeled_step_s"][link.name] = {"all": med(None), "fresh": med(True), "repeat": med(False)}
+                return _median(s["modeled_s"][name] for s in steady
+                               if fresh is None or s["fresh"] == fresh)
+            out["modeled_step_s"][link.name] = {"all": med(None), "fresh": med(True),
+                                                "repeat": med(False)}
         return out
 
     def _write(self, tokens_per_step: int) -> None:
-        doc = {"version": 1, "emulated": bool(self.cfg.parallel.pp_emulate), "device": self.ps.device.type,
+        doc = {"version": 1, "emulated": bool(self.cfg.parallel.pp_emulate),
+               "device": self.ps.device.type,
                "pp": self.ps.pp_size, "dp": self.ps.dp_size, "schedule": self.schedule,
                "tokens_per_step": tokens_per_step,
                "links": {ln.name: {"bandwidth_bps": ln.bandwidth, "latency_s": ln.latency,

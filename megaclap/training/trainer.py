@@ -150,7 +150,7 @@ class Trainer:
         self.timers.start("dp-allreduce")  # what backward's hooks left: the last buckets, tied embedding
         self.grad_buffer.finish()  # dp average (mostly overlapped with backward), tied-embedding sum
         self.timers.stop("dp-allreduce")
-        self.timers.start("grad-norm")  # the step's synchronisation point of all model-parallel ranks
+        self.timers.start("grad-norm")  # the step's synchronisation of all model-parallel ranks
         skipped = False
         if self.scaler.enabled:
             skipped = unscale_and_check(self.stage, self.ps, self.scaler.scale)
@@ -199,7 +199,7 @@ class Trainer:
         reduced and read once per --log-interval (_IntervalLog.reduce), which also fills history."""
         t, log = self.cfg.train, _IntervalLog()
         while self.iteration < t.train_iters:
-            start = time.perf_counter()  # a step's time includes its data (as Megatron's interval timer)
+            start = time.perf_counter()  # a step's time includes its data (as Megatron's timer)
             try:
                 with self.timers.phase("data"):  # the time model counts it in the step
                     batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
@@ -258,12 +258,13 @@ class Trainer:
         gbs, samples = self.last_gbs, self.consumed_samples
         sec = log.seconds / max(1, log.steps)
         modeled = None
-        if self.time_model is not None:  # every stage (a pp-group collective); a dict on the logging rank
+        if self.time_model is not None:  # a pp-group collective; a dict on the logging rank
             modeled = self.time_model.report(self.timers, self.iteration, sec, gbs * m.seq_length)
         if not self.ps.is_logging_rank:
             return
         tokens_s = gbs * m.seq_length / sec
-        devices = self.ps.world_size // (self.ps.pp_size if c.parallel.pp_emulate else 1)  # emulated: one per pipeline
+        # an emulated pipeline is one device
+        devices = self.ps.world_size // (self.ps.pp_size if c.parallel.pp_emulate else 1)
         tflops = flops_per_token(m, m.padded_vocab_size(self.ps.tp_size)) * tokens_s / devices / 1e12
         lr = self.optimizer.param_groups[0]["lr"]
         loss = log.loss / max(1, log.steps)
