@@ -28,6 +28,7 @@ the sender's clock and the receiver waits for its simulated arrival.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -137,7 +138,7 @@ class P2P:
         local = isinstance(group, LocalMember)
         self.transport = pstate.transport() if local else dist_transport(group)
         self.timers = Timers(0)  # the trainer's per-phase timers (--timing-log-level)
-        self.early_recv = _independent_ops(getattr(pstate.pp, "group", None))
+        self.early_recv = _independent_ops(group)
         self.posted: dict = {}  # (direction, slot) -> (waits, _Recv) of receives posted early
 
     def _store(self, boundary: int, direction: str) -> Optional[AqsgdStore]:
@@ -272,12 +273,14 @@ class P2P:
         if not sends and not ops and recv is None:
             return None
         with self.timers.phase("p2p-wait"):
+            since = time.monotonic()
             if sends or ops:
                 waits = waits + self._issue(sends + ops)
             for work, op in waits:
                 self._wait(work, op)
             if self.link is not None:  # the simulated arrival (and, sender=on, the sends' departure)
-                self.link.settle(*(() if recv is None else (recv.peer, recv.buf, recv.stamp)))
+                got = (None, None, None) if recv is None else (recv.peer, recv.buf, recv.stamp)
+                self.link.settle(*got, since=since)
             if recv is None:
                 return None
         with self.timers.phase("decode"):

@@ -257,9 +257,9 @@ class SimLink:
         return arrival
 
     def settle(self, peer: Optional[int] = None, payload: Optional[torch.Tensor] = None,
-               stamp: Optional[torch.Tensor] = None) -> None:
-        """End of a p2p group: wait until its received payload (already here) would have arrived
-        from `peer`, and (sender=on) until its sends have departed."""
+               stamp: Optional[torch.Tensor] = None, since: float = float("-inf")) -> None:
+        """End of a p2p group that began waiting at `since`: wait until its received payload
+        (already here) would have arrived from `peer`, and (sender=on) until its sends departed."""
         until, self.due = self.due, float("-inf")
         if payload is not None:
             key = self.conventions.receive_key(self._node(peer), self._node(self.rank))
@@ -270,7 +270,7 @@ class SimLink:
             time.sleep(delay)
             self.stats.wait_s += delay
         if until > float("-inf"):  # what the link model leaves out: the real transfer, waking up
-            self.stats.late_s += max(0.0, time.monotonic() - until)
+            self.stats.late_s += max(0.0, time.monotonic() - max(until, since))
 
 
 FIELDS = ("busiest wire busy (s)", "wire time (s)", "wait (s)", "late (s)")

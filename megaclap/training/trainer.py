@@ -139,10 +139,10 @@ class Trainer:
         loss or None off the last stage), so the step makes no host sync (fp16 makes one: the
         skip decision). measure: channels compute their telemetry error (default: sync)."""
         self.stage.train()
+        self.timers.begin_step(bool(batch.fresh), len(batch.sample_ids) // self.cfg.train.micro_batch_size)
         mbs = self._microbatches(batch)
         self.grad_buffer.start(len(mbs))
         info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure)
-        self.timers.begin_step(info.fresh, len(mbs))
         stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
                                  loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
