@@ -72,7 +72,7 @@ def _timing(path: str, skip: int) -> dict:
     med = {name: statistics.median(s["modeled_s"][name] for s in steps) for name in doc["links"]}
     measured = [s["measured_s"] for s in steps if s["measured_s"] is not None]
     return {"measured_s": statistics.median(measured) if measured else None, "modeled_s": med,
-            "stages": doc["intervals"][-1]["stages"]}
+            "stages": doc["stages"]}
 
 
 def calibrate(steps: int, tmp: str) -> tuple:

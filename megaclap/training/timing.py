@@ -17,17 +17,18 @@ The "ideal" link (infinitely fast) is always priced: the pipeline's compute crit
 each stage ran on its own device. The measured step time is the logging stage's step period
 (consecutive step ends); on one device it is the emulated, sequential step.
 
---timing-json (rewritten atomically each interval):
+--timing-json (rewritten atomically each interval; its size stays bounded in long runs):
     {"version", "emulated", "device", "pp", "dp", "schedule", "tokens_per_step",
      "links": {name: {bandwidth_bps, latency_s, conventions}},
-     "steps": [{iteration, fresh, microbatches, measured_s, modeled_s: {link: s}}],
      "intervals": [{iteration, steps, fresh_steps, measured_step_s,
-                    modeled_step_s: {link: {all, fresh, repeat}}, modeled_tokens_per_s: {link: t},
-                    stages: [{forward_s, backward_s, encode_s, decode_s, bytes, start_s, end_s}]}],
+                    modeled_step_s: {link: {all, fresh, repeat}}, modeled_tokens_per_s: {link: t}}],
+     "stages": [{forward_s, backward_s, encode_s, decode_s, bytes, start_s, end_s}],  # last interval
+     "steps": [{iteration, fresh, microbatches, measured_s, modeled_s: {link: s}}],  # last STEPS_KEPT
      "summary": {after_step, measured_step_s, modeled_step_s: {link: {all, fresh, repeat}}}}
-Times per step are seconds; stage figures are means per microbatch / message; "bytes" is
-{direction: {"fresh": mean, "repeat": mean}} per message; fresh and repeated (lazy) steps differ
-in bytes, so a benchmark can weight them by its own sequence of fresh steps.
+Times are seconds (modeled means per interval; a run's modeled total over any sequence of fresh
+and repeated steps is sum(fresh_steps * fresh + (steps - fresh_steps) * repeat)); stage figures
+are means per microbatch / message; "bytes" is {direction: {"fresh": mean, "repeat": mean}} per
+message: fresh and repeated (lazy) steps differ in bytes.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from megaclap.parallel.simlink import Link, parse_conventions, parse_links
 from megaclap.parallel.timemodel import OpTime, StageTimes, step_time
 
 SCHEDULE_PHASES = ("forward-compute", "backward-compute", "encode", "decode")
+STEPS_KEPT = 1000  # per-step records the JSON keeps (the latest)
 PLACED = ("p2p-wait", "dp-allreduce", "grad-norm")  # phases not part of a stage's `start`
 IDEAL = "ideal"
 
@@ -135,8 +137,9 @@ class TimingLog:
         self.links = links
         self.cfg, self.ps, self.schedule = cfg, pstate, p.pipeline_schedule
         self.path = cfg.train.timing_json
-        self.steps: list = []
+        self.steps: list = []      # every step's record (the summary's medians)
         self.intervals: list = []
+        self.stages: list = []     # the latest interval's per-stage figures
 
     def _rank_links(self) -> list:
         return [link.for_rank(self.ps.tp_size, self.ps.dp_size) for link in self.links]
@@ -164,11 +167,11 @@ class TimingLog:
         entry = {"iteration": iteration, "steps": len(new),
                  "fresh_steps": sum(s["fresh"] for s in new),
                  "measured_step_s": measured_step_s,
-                 "modeled_step_s": {link.name: _split(new, link.name) for link in links},
-                 "stages": [_stage_summary(by_stage[r], self.schedule, pp, r) for r in range(pp)]}
+                 "modeled_step_s": {link.name: _split(new, link.name) for link in links}}
         entry["modeled_tokens_per_s"] = {n: tokens_per_step / v["all"]
                                          for n, v in entry["modeled_step_s"].items()}
         self.intervals.append(entry)
+        self.stages = [_stage_summary(by_stage[r], self.schedule, pp, r) for r in range(pp)]
         if self.path:
             self._write(tokens_per_step)
         return entry
@@ -196,7 +199,8 @@ class TimingLog:
                "tokens_per_step": tokens_per_step,
                "links": {ln.name: {"bandwidth_bps": ln.bandwidth, "latency_s": ln.latency,
                                    "conventions": str(ln.conventions)} for ln in self.links},
-               "steps": self.steps, "intervals": self.intervals, "summary": self.summary()}
+               "intervals": self.intervals, "stages": self.stages,
+               "steps": self.steps[-STEPS_KEPT:], "summary": self.summary()}
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
