@@ -11,8 +11,11 @@
     link model" is the real run's own account (sim link late per step, busiest stage): how much
     later than the model's times its p2p groups completed, summed over the step's groups (the real
     transfer, and waking up on a loaded machine: what the model leaves out).
-(2) Overhead: tokens/s of an emulated P=4 run against the P=1 run of the same model (same
-    process, same thread count), interleaved, --repeats times; the ratio with a 95% interval.
+(2) Overhead: tokens/s of an emulated P=4 run against the P=1 run of the same model: in one
+    process (one torch thread) each step of one is followed by a step of the other, so the
+    machine's load hits both alike; the median of the per-step ratios, in --repeats separate
+    processes, with a 95% interval over them; by wall clock and by CPU time (which does not count
+    a stage thread waiting for a core other sessions hold, the one cost load adds to the baton).
 
     python -m bench.time_model [--sections crosscheck overhead] [--steps 8] [--repeats 3]
                                [--out bench/results/time_model.json]
@@ -112,44 +115,67 @@ def crosscheck(steps: int, tmp: str) -> list:
     return rows
 
 
-def _overhead_worker(rank, world, pp: int, steps: int, warmup: int) -> float:
-    """Seconds per step of `steps` steps after `warmup`, P=1 plain or P=pp emulated (one thread)."""
+def _clocks() -> tuple:
+    return time.perf_counter(), time.process_time()
+
+
+def _overhead_worker(rank, world, steps: int, warmup: int) -> list:
+    """Per step ((P=1 wall, CPU seconds), (emulated P=4 wall, CPU seconds)), the two steps run
+    back to back in this one process (one torch thread) so that the machine's load hits both
+    alike: stage 0 of the emulated pipeline also runs the P=1 trainer's step while the other stages
+    wait at a barrier. CPU time (the process's, all threads) does not count waiting for a core."""
     from megaclap.arguments import parse_args
     from megaclap.parallel.collectives import barrier
     from megaclap.parallel.emulate import run_pipeline
     from megaclap.parallel.state import ParallelState
     from megaclap.training.trainer import Trainer
-    argv = OVERHEAD_MODEL + ["--pipeline-model-parallel-size", str(pp)] + (["--pp-emulate"] if pp > 1 else [])
-    cfg = parse_args(argv).validate(world)
-
-    def program(ps):
-        tr = Trainer(cfg, ps, print_fn=lambda s: None)
-        for i in range(warmup + steps):
-            if i == warmup:
-                barrier(ps)
-                start = time.perf_counter()
-            tr.train_step(tr.data.train.next_batch(), sync=False)
-        barrier(ps)
-        return (time.perf_counter() - start) / steps
-
     process = ParallelState(1, 1, world, rank, torch.device("cpu"))
-    return program(process) if pp == 1 else max(run_pipeline(process, pp, program))
+    single = Trainer(parse_args(OVERHEAD_MODEL).validate(world), process, print_fn=lambda s: None)
+    cfg = parse_args(OVERHEAD_MODEL + ["--pipeline-model-parallel-size", "4", "--pp-emulate"]).validate(world)
+
+    def timed(trainer) -> tuple:
+        start = _clocks()
+        trainer.train_step(trainer.data.train.next_batch(), sync=False)
+        return tuple(b - a for a, b in zip(start, _clocks()))
+
+    def program(view):
+        tr, pairs = Trainer(cfg, view, print_fn=lambda s: None), []
+        for i in range(warmup + steps):
+            barrier(view)
+            one = timed(single) if view.pp_rank == 0 else (0.0, 0.0)
+            barrier(view)
+            start = _clocks()
+            tr.train_step(tr.data.train.next_batch(), sync=False)
+            barrier(view)
+            if i >= warmup:
+                pairs.append((one, tuple(b - a for a, b in zip(start, _clocks()))))
+        return pairs
+
+    return run_pipeline(process, 4, program)[0]
+
+
+def _interval(values: list) -> tuple:
+    mean = statistics.mean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return mean, [mean - half, mean + half]
 
 
 def overhead(repeats: int, steps: int) -> dict:
-    ratios, p1, p4 = [], [], []
-    for _ in range(repeats):  # interleaved: the machine's load hits both alike
-        a = run_ranks(_overhead_worker, 1, 1, steps, 2, timeout_s=1800)[0]
-        b = run_ranks(_overhead_worker, 1, 4, steps, 2, timeout_s=1800)[0]
-        p1.append(a)
-        p4.append(b)
-        ratios.append(a / b)  # tokens/s of the emulated run over the P=1 run's
-        print(f"overhead: P=1 {a * 1e3:.0f} ms/step, emulated P=4 {b * 1e3:.0f} ms/step, ratio {a / b:.3f}",
-              flush=True)
-    mean = statistics.mean(ratios)
-    half = 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else float("nan")
-    return {"p1_step_s": p1, "emulated_p4_step_s": p4, "tokens_per_s_ratio": ratios, "ratio_mean": mean,
-            "ratio_ci95": [mean - half, mean + half], "steps": steps, "model": OVERHEAD_MODEL}
+    """tokens/s of the emulated P=4 run over the P=1 run's (= P=1 step time / P=4 step time), the
+    median over a run's step pairs, by wall clock and by CPU time, in `repeats` processes."""
+    runs = []
+    for _ in range(repeats):
+        pairs = run_ranks(_overhead_worker, 1, steps, 2, timeout_s=3600)[0]
+        wall = statistics.median(one[0] / four[0] for one, four in pairs)
+        cpu = statistics.median(one[1] / four[1] for one, four in pairs)
+        runs.append({"pairs": pairs, "wall_ratio": wall, "cpu_ratio": cpu})
+        p1, p4 = (statistics.median(x[0] for x in side) for side in zip(*pairs))
+        print(f"overhead: P=1 {p1 * 1e3:.0f} ms/step, emulated P=4 {p4 * 1e3:.0f} ms/step (medians), "
+              f"median ratio wall {wall:.3f}, CPU {cpu:.3f}", flush=True)
+    wall, wall_ci = _interval([r["wall_ratio"] for r in runs])
+    cpu, cpu_ci = _interval([r["cpu_ratio"] for r in runs])
+    return {"runs": runs, "ratio_mean": wall, "ratio_ci95": wall_ci, "cpu_ratio_mean": cpu, "cpu_ratio_ci95": cpu_ci,
+            "steps": steps, "model": OVERHEAD_MODEL}
 
 
 def _row_text(r: dict) -> str:
@@ -169,8 +195,10 @@ def print_tables(results: dict) -> None:
     o = results.get("overhead")
     if o:
         lo, hi = o["ratio_ci95"]
-        print(f"\nemulated P=4 / P=1 tokens/s: {o['ratio_mean']:.3f} (95% interval {lo:.3f}-{hi:.3f}, "
-              f"{len(o['tokens_per_s_ratio'])} interleaved repeats of {o['steps']} steps)")
+        clo, chi = o["cpu_ratio_ci95"]
+        print(f"\nemulated P=4 / P=1 tokens/s: wall clock {o['ratio_mean']:.3f} (95% interval {lo:.3f}-{hi:.3f}), "
+              f"CPU time {o['cpu_ratio_mean']:.3f} ({clo:.3f}-{chi:.3f}); {len(o['runs'])} processes x "
+              f"{o['steps']} interleaved step pairs")
 
 
 def main() -> None:
@@ -178,7 +206,7 @@ def main() -> None:
     ap.add_argument("--sections", nargs="+", default=["crosscheck", "overhead"], choices=["crosscheck", "overhead"])
     ap.add_argument("--steps", type=int, default=12, help="training steps per cross-check run (2 are warm-up)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the overhead pair")
-    ap.add_argument("--overhead-steps", type=int, default=6)
+    ap.add_argument("--overhead-steps", type=int, default=12)
     ap.add_argument("--out", default="bench/results/time_model.json")
     a = ap.parse_args()
     results = {}
@@ -191,8 +219,9 @@ def main() -> None:
             results["crosscheck"] = crosscheck(a.steps, tmp)
         if "overhead" in a.sections:
             results["overhead"] = overhead(a.repeats, a.overhead_steps)
-    results["command"] = "python -m bench.time_model " + " ".join(os.sys.argv[1:])
-    results["wall_s"] = time.time() - started
+    command = "python -m bench.time_model " + " ".join(os.sys.argv[1:])
+    for section in a.sections:  # which command produced each section, and how long the run took
+        results.setdefault("commands", {})[section] = {"command": command, "wall_s": time.time() - started}
     print_tables(results)
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out + ".tmp", "w") as f:
