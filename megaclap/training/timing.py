@@ -88,12 +88,12 @@ def _mean(values) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def _stage_summary(records: list, schedule: str, pp: int, stage: int) -> dict:
-    """Means over an interval of one stage's per-operation measurements."""
+def _stage_summary(records: list, times: list, schedule: str, pp: int, stage: int) -> dict:
+    """Means over an interval of one stage's per-operation measurements (records and their
+    StageTimes)."""
     fwd, bwd, enc, dec, start, end = [], [], {}, {}, [], []
     sizes: dict = {}
-    for rec in records:
-        st = stage_times(rec, schedule, pp, stage)
+    for rec, st in zip(records, times):
         start.append(st.start)
         end.append(st.end)
         for action, cost in zip(stage_ops(schedule, rec["microbatches"], pp, stage), st.ops):
@@ -153,12 +153,13 @@ class TimingLog:
         if not self.ps.is_logging_rank or not mine:
             return None
         pp, links = self.ps.pp_size, self._rank_links()
+        times = [[stage_times(rec, self.schedule, pp, r) for rec in by_stage[r]] for r in range(pp)]
         first = iteration - len(mine) + 1
         new = []
         for k, rec in enumerate(mine):
             # the step period; None for an interval's first step (its gap holds logging, evaluation)
             period = None if k == 0 else rec["end"] - mine[k - 1]["end"]
-            stages = [stage_times(by_stage[r][k], self.schedule, pp, r) for r in range(pp)]
+            stages = [times[r][k] for r in range(pp)]
             m = rec["microbatches"]
             modeled = {link.name: step_time(self.schedule, m, stages, link) for link in links}
             new.append({"iteration": first + k, "fresh": rec["fresh"], "microbatches": m,
@@ -171,7 +172,7 @@ class TimingLog:
         entry["modeled_tokens_per_s"] = {n: tokens_per_step / v["all"]
                                          for n, v in entry["modeled_step_s"].items()}
         self.intervals.append(entry)
-        self.stages = [_stage_summary(by_stage[r], self.schedule, pp, r) for r in range(pp)]
+        self.stages = [_stage_summary(by_stage[r], times[r], self.schedule, pp, r) for r in range(pp)]
         if self.path:
             self._write(tokens_per_step)
         return entry
