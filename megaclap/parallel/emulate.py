@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -303,7 +303,3 @@ def run_pipeline(process: ParallelState, pp: int, program: Callable) -> list:
         raise first
     return results
 
-
-def emulation_of(pstate) -> Optional[Emulation]:
-    """The Emulation a StageView belongs to; None for an ordinary rank."""
-    return getattr(pstate, "emulation", None)

@@ -223,10 +223,6 @@ class SimLink:
                    parse_conventions(parallel_cfg.link_model), pstate.rank, pstate.tp_size,
                    pstate.dp_size)
 
-    @property
-    def wire_free(self) -> dict:
-        return self.wires.free
-
     def _node(self, rank: int) -> int:
         return self.conventions.node(rank, self.tp, self.dp)
 
