@@ -40,8 +40,8 @@ _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
 _MASK64 = (1 << 64) - 1
 
-__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "default_bwd_method",
-           "step_seed", "validate_compression"]
+__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "check_fp16_recovery",
+           "default_bwd_method", "step_seed", "validate_compression"]
 
 
 def default_bwd_method(fwd_method: str) -> str:
@@ -74,6 +74,24 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
         if "clapping-fc" in (method, bwd) and fc_init != "zero":
             raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
                              "it needs --clapping-fc-init zero")
+
+
+def check_fp16_recovery(method: str, bwd_method, fwd_codec: str, bwd_codec: str, fc_init: str = "zero") -> None:
+    """Raise ValueError (one line) for a combination an --fp16 run cannot recover from: a method
+    whose residual or reference feeds back into every step without a reset (ef, ef21,
+    clapping-fc with --clapping-fc-init previous) with the unbiased randk (`:scale`), whose error
+    exceeds what it compresses (E||C(v) - v||^2 = (1/R - 1) ||v||^2). The state grows
+    geometrically and overflows fp16 within a few steps; a skipped step's state is rolled back,
+    so every later step overflows and is skipped (the loss scale falls to its floor). bf16/fp32
+    diverge more slowly, until the NaN check stops the run."""
+    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
+    for meth, spec, mflag, cflag in ((method, fwd_codec, "--pp-compression-method", "--pp-fwd-codec"),
+                                     (bwd, bwd_codec, "--pp-bwd-compression-method", "--pp-bwd-codec")):
+        feeds_back = meth in ("ef", "ef21") or (meth == "clapping-fc" and fc_init == "previous")
+        if feeds_back and getattr(parse_codec(spec, cflag), "scale", False):
+            raise ValueError(f"{mflag} {meth} with {cflag} {spec} cannot recover under --fp16: unbiased "
+                             "randk's error feeds back and grows until every step overflows; drop ':scale' "
+                             "or use direct / clapping-fu")
 
 
 def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:
@@ -171,6 +189,7 @@ class Channel:
         self._buffer = None
         self._saved = None  # (m, e) as of the last commit(), while this step changed them
         self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
+        self._finite = None  # 0-dim fp32: 0 while every checked value was finite, else NaN
 
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
@@ -209,10 +228,12 @@ class Channel:
         payload = self._encode(x, seed, fresh, sample_ids)
         if self.method == "direct" and not measure:
             self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), None)
+            self._check(x)
             return payload
         x_hat = self._advance(payload, seed, fresh, sample_ids)
         if self.method == "ef" and not self.lossless:
             self.e = (x if self.e is None else x + self.e) - x_hat
+        self._check(x, None if self.lossless else x_hat, self.e)
         err = 0.0 if measure else None
         if measure and self.track_error and not self.lossless:
             diff = torch.linalg.vector_norm(x_hat.float() - x.float())
@@ -230,7 +251,9 @@ class Channel:
                              f"bytes, expected {expect}")
         self._begin(fresh)
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
-        return self._advance(payload, seed, fresh, sample_ids)
+        x_hat = self._advance(payload, seed, fresh, sample_ids)
+        self._check(x_hat)
+        return x_hat
 
     @property
     def ref_memory_bytes(self) -> int:
@@ -323,6 +346,26 @@ class Channel:
                 out[old.to(self.device)] = self.store.read(rows[old]) + c
         self.store.write(self.store.insert(ids), out)
         return out.movedim(0, self.batch_dim)
+
+    # ---------------------------------------------------------------- finiteness of the step
+    def _check(self, *tensors) -> None:
+        """Fold tensors this endpoint sent, received or keeps into its finite check, on the device
+        (no host read): sum * 0 is 0 for finite values, NaN once any is inf or NaN. The fp32 sum
+        of fp16/bf16 values cannot overflow. `none` checks nothing: its values reach the gradients."""
+        if self.method == "none":
+            return
+        for t in tensors:
+            if t is not None:
+                flag = t.sum(dtype=torch.float32).mul_(0.0)
+                self._finite = flag if self._finite is None else self._finite.add_(flag)
+
+    def take_finite_check(self):
+        """This endpoint's check since the last call (0-dim fp32 device tensor: 0 if every value
+        it sent, received or now keeps was finite, else NaN), or None if nothing was checked.
+        The trainer folds it into the step's skip decision, so a non-finite reference or
+        residual is never committed."""
+        flag, self._finite = self._finite, None
+        return flag
 
     # ---------------------------------------------------------------- step commit / rollback
     def _remember(self) -> None:
