@@ -13,10 +13,12 @@ boundary. x is what the stage sends, C the codec, m a reference held identically
     clapping-fu  fresh: x raw, m <- x; else as ef21    m               m per slot
     clapping-fc  fresh: m <- 0 (or kept); as ef21      m               m per slot
 
-Clapping's fresh-step codec F (`fresh_codec`, --clapping-fresh-codec): on a fresh step both
-Clapping methods send F(x) against a zero reference (m <- F(x)) and reuse steps send deltas
-with C. F = identity is clapping-fu, F = C is clapping-fc (zero init); None keeps each method's
-own rule (fu: identity, fc: C).
+clapping-fc's reference on a fresh batch (`fc_init`, --clapping-fc-init): `zero` and `previous`
+are the paper's rules; `fresh-codec` is this project's extension, Clapping's fresh-step codec F
+(`fresh_codec`, --clapping-fresh-codec): on a fresh step both Clapping methods send F(x) against
+a zero reference (m <- F(x)) and reuse steps send deltas with C. F = identity is clapping-fu,
+F = C is clapping-fc (zero init); None keeps each method's own rule (fu: identity, fc: C). A fresh
+codec with fc_init `zero` means the same as `fresh-codec` (the spelling before the option).
 
 How both ends stay bit-identical without sending m: the sender builds the payload
 (`_encode`), then runs exactly the receiver's update (`_advance`) on its own payload bytes.
@@ -35,7 +37,7 @@ from .codecs import Codec, _as_dtype, _bytes, parse_codec
 from .store import AqsgdStore
 
 METHODS = ("none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu")
-FC_INITS = ("zero", "previous")
+FC_INITS = ("zero", "previous", "fresh-codec")  # clapping-fc's reference on a fresh batch
 _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
 _MASK64 = (1 << 64) - 1
@@ -66,14 +68,17 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
         if meth == "none" and codec.spec != "identity":
             raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
                              f"pick a method such as direct or clapping-fu, or use {flag} identity")
+    if fc_init == "fresh-codec" and fresh_codec is None and "clapping-fc" in (method, bwd):
+        raise ValueError("--clapping-fc-init fresh-codec sends fresh steps with --clapping-fresh-codec: "
+                         "give that codec (e.g. --clapping-fresh-codec hquant:4)")
     if fresh_codec is not None:
         parse_codec(fresh_codec, "--clapping-fresh-codec")
         if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
             raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
                              "--pp-bwd-compression-method) clapping-fu or clapping-fc")
-        if "clapping-fc" in (method, bwd) and fc_init != "zero":
+        if "clapping-fc" in (method, bwd) and fc_init == "previous":
             raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
-                             "it needs --clapping-fc-init zero")
+                             "it needs --clapping-fc-init zero or fresh-codec")
 
 
 def check_fp16_recovery(method: str, bwd_method, fwd_codec: str, bwd_codec: str, fc_init: str = "zero") -> None:
@@ -163,7 +168,9 @@ class Channel:
     def __init__(self, method: str, codec, shape, dtype: torch.dtype, device, *, boundary: int,
                  direction: str, slot: int, fc_init: str = "zero", store: AqsgdStore = None,
                  seed: int = 0, batch_dim: int = 0, track_error: bool = True, fresh_codec=None):
-        validate_compression(method, fc_init=fc_init)
+        clapping = method in ("clapping-fu", "clapping-fc")
+        validate_compression(method, fc_init=fc_init,
+                             fresh_codec=getattr(fresh_codec, "spec", fresh_codec) if clapping else None)
         if direction not in _DIRECTIONS:
             raise ValueError(f"Channel direction must be 'fwd' or 'bwd', got {direction!r}")
         self.method, self.codec = method, parse_codec(codec) if isinstance(codec, str) else codec
@@ -178,7 +185,7 @@ class Channel:
         self.lossless = method == "none" or self.codec.is_lossless(dtype)
         if isinstance(fresh_codec, str):
             fresh_codec = parse_codec(fresh_codec, "--clapping-fresh-codec")
-        self.fresh_codec = fresh_codec if method in ("clapping-fu", "clapping-fc") else None
+        self.fresh_codec = fresh_codec if clapping else None
         # fresh steps that send x raw and set m <- x: clapping-fu's rule, or a lossless fresh codec
         self.fresh_raw = (method == "clapping-fu" if self.fresh_codec is None
                           else self.fresh_codec.is_lossless(dtype))

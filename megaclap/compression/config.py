@@ -27,8 +27,9 @@ class CompressionConfig:
     """--pp-bwd-codec: codec for activation gradients (same choices); usually milder than the forward one."""
 
     clapping_fc_init: str = field(default="zero", metadata={"choices": FC_INITS})
-    """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous
-    (keep m from the previous batch)."""
+    """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous (keep m
+    from the previous batch), the paper's two rules; fresh-codec (this project's extension): send
+    the fresh batch with --clapping-fresh-codec against a zero reference."""
 
     clapping_fresh_codec: str = field(default=None, metadata={"metavar": "CODEC"})
     """--clapping-fresh-codec: codec of Clapping's fresh steps, sent against a zero reference:

@@ -56,6 +56,8 @@ class StepInfo:
     step: int
     fresh: bool
     measure: bool = True  # senders compute their telemetry error (the trainer: log steps only)
+    drawn: int = 0        # the fresh step that drew this step's batch (== step when fresh)
+    rng_seed: Optional[int] = None  # seed dropout per microbatch from its samples (None: don't)
 
 
 @dataclass

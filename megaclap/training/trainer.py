@@ -145,7 +145,8 @@ class Trainer:
         self.stage.train()
         mbs = self._microbatches(batch)
         self.grad_buffer.start(len(mbs))
-        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure)
+        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure,
+                        drawn=batch.drawn_step, rng_seed=self.cfg.train.seed)  # dropout from the samples
         stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
                                  loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
