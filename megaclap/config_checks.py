@@ -77,7 +77,7 @@ def _check_precision(cfg: MegaclapConfig) -> None:
     _check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
     _check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
     if cfg.optim.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
-        from megaclap.compression.channels import check_fp16_recovery
+        from megaclap.compression.variants import check_fp16_recovery
         c = cfg.compression
         try:
             check_fp16_recovery(c.method, c.bwd_method, c.fwd_codec, c.bwd_codec, c.clapping_fc_init)

@@ -20,12 +20,14 @@ from tests.train_utils import make_trainer, tiny_args
 STEPS, BAD_STEP = 8, 3  # lazy period 2: step 3 repeats step 2's batch (every sample already seen)
 
 
-def _inject_dropped_inf(step):
-    """Channel.send wrapper: at `step`, forward slot 0 gets one inf at a position randk drops."""
+def _inject_dropped_inf(step, only_rank=None):
+    """Channel.send wrapper: at `step`, forward slot 0 gets one inf at a position randk drops
+    (on every sender, or on global rank `only_rank` alone)."""
     real = Channel.send
 
     def send(ch, x, *, step: int, fresh: bool, sample_ids=None, measure: bool = True):
-        if step == BAD_STEP and ch.direction == "fwd" and ch.slot == 0:
+        mine = only_rank is None or int(os.environ["RANK"]) == only_rank
+        if step == BAD_STEP and ch.direction == "fwd" and ch.slot == 0 and mine:
             seed = step_seed(ch.seed, step, ch.boundary, ch.direction, ch.slot)
             kept = ch.codec.indices(x.numel(), seed, x.device)
             dropped = [i for i in range(x.numel()) if i not in set(kept.tolist())][0]
@@ -46,8 +48,8 @@ def _state_tensors(tr):
     return [(k, v) for k, v in out if v is not None]
 
 
-def _fp16_worker(rank, world, argv, steps):
-    Channel.send = _inject_dropped_inf(BAD_STEP)
+def _fp16_worker(rank, world, argv, steps, only_rank=None):
+    Channel.send = _inject_dropped_inf(BAD_STEP, only_rank)
     tr = make_trainer(rank, world, argv)
     outs = [tr.train_step(tr.data.train.next_batch()) for _ in range(steps)]
     refs = {}
@@ -83,6 +85,19 @@ def test_fp16_inf_at_a_boundary_is_skipped_and_never_kept(method):
         if role == "send":
             other = refs[(b, d, s, "recv")]
             assert (m is None) == (other is None) and (m is None or torch.equal(m, other)), (b, d, s)
+
+
+def test_fp16_inf_on_one_data_parallel_replica_skips_the_step_everywhere():
+    """dp=2 x pp=2, the inf on dp rank 0's sender only. Catches: the Channel flag reduced over the
+    model-parallel group alone (dp rank 1 would step while dp rank 0 skips: replicas diverge)."""
+    argv = tiny_args(layers=2, gbs=8, extra=[
+        "--pipeline-model-parallel-size", "2", "--fp16", "--initial-loss-scale", "1024",
+        "--pp-compression-method", "ef", "--pp-fwd-codec", "randk:0.25", "--pp-bwd-codec", "quant:8",
+        "--train-iters", str(STEPS)])
+    res = run_ranks(_fp16_worker, 4, argv, STEPS, 0)
+    for r in res:
+        assert r["skipped"] == [step == BAD_STEP for step in range(STEPS)], r["skipped"]
+        assert all(r["finite"].values())
 
 
 def _nan_loss_at(monkeypatch, bad_step: int, microbatches: int):

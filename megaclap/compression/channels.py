@@ -42,8 +42,8 @@ _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
 _MASK64 = (1 << 64) - 1
 
-__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "check_fp16_recovery",
-           "default_bwd_method", "step_seed", "validate_compression"]
+__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "default_bwd_method",
+           "step_seed", "validate_compression"]
 
 
 def default_bwd_method(fwd_method: str) -> str:
@@ -69,8 +69,8 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
             raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
                              f"pick a method such as direct or clapping-fu, or use {flag} identity")
     if fc_init == "fresh-codec" and fresh_codec is None and "clapping-fc" in (method, bwd):
-        raise ValueError("--clapping-fc-init fresh-codec sends fresh steps with --clapping-fresh-codec: "
-                         "give that codec (e.g. --clapping-fresh-codec hquant:4)")
+        raise ValueError("--clapping-fc-init fresh-codec sends fresh steps with "
+                         "--clapping-fresh-codec: give that codec (e.g. --clapping-fresh-codec hquant:4)")
     if fresh_codec is not None:
         parse_codec(fresh_codec, "--clapping-fresh-codec")
         if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
@@ -79,24 +79,6 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
         if "clapping-fc" in (method, bwd) and fc_init == "previous":
             raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
                              "it needs --clapping-fc-init zero or fresh-codec")
-
-
-def check_fp16_recovery(method: str, bwd_method, fwd_codec: str, bwd_codec: str, fc_init: str = "zero") -> None:
-    """Raise ValueError (one line) for a combination an --fp16 run cannot recover from: a method
-    whose residual or reference feeds back into every step without a reset (ef, ef21,
-    clapping-fc with --clapping-fc-init previous) with the unbiased randk (`:scale`), whose error
-    exceeds what it compresses (E||C(v) - v||^2 = (1/R - 1) ||v||^2). The state grows
-    geometrically and overflows fp16 within a few steps; a skipped step's state is rolled back,
-    so every later step overflows and is skipped (the loss scale falls to its floor). bf16/fp32
-    diverge more slowly, until the NaN check stops the run."""
-    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
-    for meth, spec, mflag, cflag in ((method, fwd_codec, "--pp-compression-method", "--pp-fwd-codec"),
-                                     (bwd, bwd_codec, "--pp-bwd-compression-method", "--pp-bwd-codec")):
-        feeds_back = meth in ("ef", "ef21") or (meth == "clapping-fc" and fc_init == "previous")
-        if feeds_back and getattr(parse_codec(spec, cflag), "scale", False):
-            raise ValueError(f"{mflag} {meth} with {cflag} {spec} cannot recover under --fp16: unbiased "
-                             "randk's error feeds back and grows until every step overflows; drop ':scale' "
-                             "or use direct / clapping-fu")
 
 
 def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:

@@ -1,4 +1,5 @@
-"""Names for compression settings, telling the papers' variants from this project's extensions.
+"""Compression settings as a whole: names that tell the papers' variants from this project's
+extensions, and the settings an --fp16 run cannot recover from.
 
 Benchmarks and the ablation report label their runs with `variant(...)`, so a table never
 presents an extension as a published method:
@@ -19,6 +20,7 @@ presents an extension as a published method:
 from __future__ import annotations
 
 from .channels import default_bwd_method
+from .codecs import parse_codec
 
 PAPER, BASELINE, EXTENSION = "paper", "baseline", "megaclap extension"
 _CLAPPING = ("clapping-fu", "clapping-fc")
@@ -28,7 +30,8 @@ def _clapping_name(method: str, fc_init: str) -> str:
     return "Clapping-FU" if method == "clapping-fu" else f"Clapping-FC ({fc_init})"
 
 
-def variant(method: str, bwd_method=None, fc_init: str = "zero", fresh_codec=None, lazy: bool = False) -> tuple:
+def variant(method: str, bwd_method=None, fc_init: str = "zero", fresh_codec=None,
+            lazy: bool = False) -> tuple:
     """(label, origin) of a compression setting; origin is PAPER, BASELINE or EXTENSION.
     lazy: lazy sampling is on (p < 1 or a period > 1)."""
     bwd = default_bwd_method(method) if bwd_method is None else bwd_method
@@ -39,8 +42,9 @@ def variant(method: str, bwd_method=None, fc_init: str = "zero", fresh_codec=Non
         if fresh_codec is not None or fc_init == "fresh-codec":
             return f"Clapping, fresh-step codec {fresh_codec}{reuse}", EXTENSION
         if method != bwd:
-            return f"{name} on {'activations' if method in _CLAPPING else 'gradients'} only, " \
-                   f"{bwd if method in _CLAPPING else method} on the other{reuse}", EXTENSION
+            side, other = (("activations", f"gradients {bwd}") if method in _CLAPPING
+                           else ("gradients", f"activations {method}"))
+            return f"{name} on {side} only, {other}{reuse}", EXTENSION
         return f"{name}, both directions{reuse}", PAPER
     if method == "aqsgd" or bwd == "aqsgd":
         if lazy:
@@ -56,3 +60,22 @@ def variant_of(compression, data) -> tuple:
         (data.lazy_sampling_period is not None and data.lazy_sampling_period > 1)
     return variant(compression.method, compression.bwd_method, compression.clapping_fc_init,
                    compression.clapping_fresh_codec, lazy)
+
+
+def check_fp16_recovery(method: str, bwd_method, fwd_codec: str, bwd_codec: str,
+                        fc_init: str = "zero") -> None:
+    """Raise ValueError (one line) for a combination an --fp16 run cannot recover from: a method
+    whose residual or reference feeds back into every step without a reset (ef, ef21,
+    clapping-fc with --clapping-fc-init previous) with the unbiased randk (`:scale`), whose error
+    exceeds what it compresses (E||C(v) - v||^2 = (1/R - 1) ||v||^2). The state grows
+    geometrically and overflows fp16 within a few steps; a skipped step's state is rolled back,
+    so every later step overflows and is skipped (the loss scale falls to its floor). bf16/fp32
+    diverge more slowly, until the NaN check stops the run."""
+    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
+    for meth, spec, mflag, cflag in ((method, fwd_codec, "--pp-compression-method", "--pp-fwd-codec"),
+                                     (bwd, bwd_codec, "--pp-bwd-compression-method", "--pp-bwd-codec")):
+        feeds_back = meth in ("ef", "ef21") or (meth == "clapping-fc" and fc_init == "previous")
+        if feeds_back and getattr(parse_codec(spec, cflag), "scale", False):
+            raise ValueError(f"{mflag} {meth} with {cflag} {spec} cannot recover under --fp16: "
+                             "unbiased randk's error feeds back and grows until every step overflows; "
+                             "drop ':scale' or use direct / clapping-fu")

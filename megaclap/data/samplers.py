@@ -327,5 +327,6 @@ class GlobalBatchSampler:
         self.last_ids = None if sd["last_ids"] is None else sd["last_ids"].cpu().numpy().copy()
         # cursors saved before "drawn" existed: the schedule's last fresh step (exact unless a
         # batch-size change forced a draw since)
-        self.drawn = int(sd["drawn"]) if "drawn" in sd else self.schedule.last_fresh(max(self.step - 1, 0))
+        self.drawn = (int(sd["drawn"]) if "drawn" in sd
+                      else self.schedule.last_fresh(max(self.step - 1, 0)))
         self.base.load_state_dict(sd["base"])

@@ -37,7 +37,8 @@ def sample_seed(seed: int, drawn_step: int, first_layer: int, sample_ids) -> int
     """A 63-bit generator seed, a pure function of its arguments (numpy's SeedSequence over the
     integers; sample ids are host ints: a CPU tensor or a sequence, never a device read)."""
     ids = sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else [int(i) for i in sample_ids]
-    words = np.random.SeedSequence([seed & _MASK64, _TAG, drawn_step, first_layer, *ids]).generate_state(2, np.uint32)
+    entropy = [seed & _MASK64, _TAG, drawn_step, first_layer, *ids]
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
 
 

@@ -76,7 +76,8 @@ class _Runner:
         """Dropout of microbatch i drawn from its samples and the fresh step that drew them."""
         if self.info is None:
             return nullcontext()
-        return microbatch_rng(self.stage, self.info.rng_seed, self.info.drawn, self.mbs[i].ids, self.ps.device)
+        info = self.info
+        return microbatch_rng(self.stage, info.rng_seed, info.drawn, self.mbs[i].ids, self.ps.device)
 
     def forward(self, i: int, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """x: the received activation (None on the first stage). Returns the output to send

@@ -80,7 +80,7 @@ class Trainer:
         if pstate.pp_size > 1:
             skippable = self.scaler.enabled or not cfg.optim.check_for_nan_in_loss_and_grad
             self.p2p = P2P(pstate, shape, wire_dtype(cfg.optim), cfg.compression, seed=t.seed, link=self.link,
-                           undo=skippable)  # only a skippable step's Channel changes are kept for rollback
+                           undo=skippable)  # Channel changes are kept for rollback only if skippable
             eval_cfg = evaluation_compression(cfg.compression)
             self.eval_p2p = P2P(pstate, shape, wire_dtype(cfg.optim), eval_cfg, seed=t.seed + 1, link=self.link)
         self.data = build_data_sources(
@@ -91,7 +91,7 @@ class Trainer:
             shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method,
                                                                  cfg.compression.effective_bwd_method))
         self.iteration, self.skipped, self._nans, self._nan_pending = 0, 0, 0, None
-        self._first_bad = None  # device: first iteration with a non-finite value (bf16/fp32, stop mode)
+        self._first_bad = None  # device: first iteration with a NaN/inf (bf16/fp32, stop mode)
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
         self.tb = TensorBoard(t.tensorboard_dir if pstate.is_logging_rank else None)
         self.timers = timers.Timers(t.timing_log_level, pstate.device)
@@ -145,8 +145,9 @@ class Trainer:
         self.stage.train()
         mbs = self._microbatches(batch)
         self.grad_buffer.start(len(mbs))
-        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh), measure=sync if measure is None else measure,
-                        drawn=batch.drawn_step, rng_seed=self.cfg.train.seed)  # dropout from the samples
+        info = StepInfo(step=self.iteration, fresh=bool(batch.fresh),
+                        measure=sync if measure is None else measure,
+                        drawn=batch.drawn_step, rng_seed=self.cfg.train.seed)  # dropout: from the samples
         stats = forward_backward(self.stage, self.ps, self.p2p, mbs, info,
                                  schedule=self.cfg.parallel.pipeline_schedule,
                                  loss_scale=self.scaler.scale, autocast=self.autocast, timers=self.timers)
@@ -188,7 +189,9 @@ class Trainer:
         if self.scaler.enabled:
             skipped = unscale_and_check(self.stage, self.ps, self.scaler.scale, channels)
             self.scaler.update(skipped)
-            return skipped, None if skipped else clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
+            if skipped:
+                return True, None
+            return False, clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
         grad_norm = clip_grad_norm(self.stage, self.ps, self.cfg.optim.clip_grad)
         parts = [grad_norm] + ([channels] if channels is not None else [])
         if self.ps.is_last_stage:
@@ -197,7 +200,8 @@ class Trainer:
         if self.cfg.optim.check_for_nan_in_loss_and_grad:
             here = torch.full_like(bad, self.iteration + 1, dtype=torch.float64)
             here = torch.where(bad > 0, here, float("inf"))  # [1]: this iteration if bad, else inf
-            self._first_bad = here if self._first_bad is None else torch.minimum(self._first_bad, here)
+            first = self._first_bad
+            self._first_bad = here if first is None else torch.minimum(first, here)
             return False, grad_norm
         if bool(any_rank(bad, self.ps).item()):
             self._nans += 1
@@ -217,9 +221,9 @@ class Trainer:
         self._first_bad = None
         if math.isfinite(value):
             raise NonFiniteStep(
-                f"iteration {int(value)}: the loss, the gradient norm or a pipeline Channel value is NaN or "
-                "inf; stopped without saving (the last checkpoint is the last good one). Lower --lr or "
-                "raise --clip-grad / warmup, or pass --no-check-for-nan-in-loss-and-grad to skip such steps")
+                f"iteration {int(value)}: the loss, the gradient norm or a pipeline Channel value is "
+                "NaN or inf; stopped without saving (the last checkpoint is the last good one). Lower "
+                "--lr or raise the warmup, or pass --no-check-for-nan-in-loss-and-grad to skip such steps")
 
     # --- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
