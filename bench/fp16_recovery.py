@@ -13,13 +13,13 @@ this benchmark disables that check to show why.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import print_table, write_json  # noqa: E402
 from tests.dist import run_ranks  # noqa: E402
 from tests.train_utils import make_trainer, tiny_args  # noqa: E402
 
@@ -57,15 +57,11 @@ def main(argv=None) -> None:
         res = run_ranks(_worker, 2, tiny_args(layers=2, gbs=4, extra=flags), a.steps)[1]
         rows.append({"fwd": fwd, "bwd": bwd, "codec": codec, "skipped": sum(res["skipped"]),
                      "pattern": "".join("S" if s else "." for s in res["skipped"]), "final_scale": res["scale"]})
-    print(f"\n--fp16 PP=2, {a.steps} steps, initial scale 2^32, --loss-scale-window 20 (S = skipped step)")
-    print("| fwd / bwd method | codec | skipped | final loss scale | steps |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['fwd']} / {r['bwd']} | {r['codec']} | {r['skipped']} | {r['final_scale']:g} | `{r['pattern']}` |")
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"steps": a.steps, "rows": rows}, f, indent=1)
-    os.replace(tmp, a.out)
+    print_table(f"--fp16 PP=2, {a.steps} steps, initial scale 2^32, --loss-scale-window 20 (S = skipped step)",
+                ["fwd / bwd method", "codec", "skipped", "final loss scale", "steps"],
+                [[f"{r['fwd']} / {r['bwd']}", r["codec"], r["skipped"], f"{r['final_scale']:g}", f"`{r['pattern']}`"]
+                 for r in rows])
+    write_json(a.out, {"steps": a.steps, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ Mean over seeds with a 95% t interval.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
 import sys
@@ -27,6 +25,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import mean_interval, print_table, write_json  # noqa: E402
 from tests.dist import run_ranks  # noqa: E402
 from tests.train_utils import make_trainer  # noqa: E402
 
@@ -44,7 +43,6 @@ ROWS = [("clapping fresh hquant:4 / delta hquant:2, seeded masks", CLAPPING, 0.1
         ("same, dropout 0", CLAPPING, 0.0, True),
         ("direct hquant:3", DIRECT, 0.1, True)]
 WARMUP = 10
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def _worker(rank, world, argv, steps, seeded):
@@ -60,16 +58,11 @@ def _worker(rank, world, argv, steps, seeded):
         if tr.ps.is_first_stage:
             stats = [ch.stats for (b, d, s), ch in tr.p2p.channels.items() if d == "fwd"]
             if step >= WARMUP:
-                errors["fresh" if batch.fresh else "repeat"].append(sum(s.rel_err_mean for s in stats) / len(stats))
+                kind = "fresh" if batch.fresh else "repeat"
+                errors[kind].append(sum(s.rel_err_mean for s in stats) / len(stats))
             for s in stats:
                 s.reset()
     return errors if tr.ps.is_first_stage else None
-
-
-def _interval(values: list) -> tuple:
-    mean = statistics.fmean(values)
-    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return mean, half
 
 
 def measure(steps: int, seeds: list) -> list:
@@ -81,9 +74,9 @@ def measure(steps: int, seeds: list) -> list:
                                     "--hidden-dropout", str(dropout), "--attention-dropout", str(dropout)]
             errors = run_ranks(_worker, 2, argv, steps, seeded, timeout_s=3600)[0]
             for kind in per_seed:
-                per_seed[kind].append(statistics.fmean(errors[kind]))
+                per_seed[kind].append(statistics.fmean(errors[kind]) if errors[kind] else float("nan"))
         rows.append({"run": label, "dropout": dropout, "seeded": seeded, "per_seed": per_seed,
-                     **{kind: _interval(v) for kind, v in per_seed.items()}})
+                     **{kind: mean_interval(v) for kind, v in per_seed.items()}})
     return rows
 
 
@@ -94,17 +87,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="bench/results/repeat_error.json")
     a = ap.parse_args(argv)
     rows = measure(a.steps, a.seeds)
-    print(f"\nforward Channel relative error, GPT-tiny PP=2, p=0.5, {a.steps} steps (first {WARMUP} dropped), "
-          f"seeds {a.seeds}: mean +- 95% interval")
-    print("| run | dropout | fresh steps | repeated steps |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['run']} | {r['dropout']} | {r['fresh'][0]:.3f} +- {r['fresh'][1]:.3f} | "
-              f"{r['repeat'][0]:.3f} +- {r['repeat'][1]:.3f} |")
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"steps": a.steps, "seeds": a.seeds, "warmup": WARMUP, "rows": rows}, f, indent=1)
-    os.replace(tmp, a.out)
+    print_table(f"forward Channel relative error, GPT-tiny PP=2, p=0.5, {a.steps} steps (first {WARMUP} "
+                f"dropped), seeds {a.seeds}: mean +- 95% interval",
+                ["run", "dropout", "fresh steps", "repeated steps"],
+                [[r["run"], r["dropout"], f"{r['fresh'][0]:.3f} +- {r['fresh'][1]:.3f}",
+                  f"{r['repeat'][0]:.3f} +- {r['repeat'][1]:.3f}"] for r in rows])
+    write_json(a.out, {"steps": a.steps, "seeds": a.seeds, "warmup": WARMUP, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ megaclap/compression/variants.py.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
 import sys
@@ -26,6 +24,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import mean_interval, print_table, write_json  # noqa: E402
 from megaclap.arguments import parse_args  # noqa: E402
 from megaclap.compression.variants import variant_of  # noqa: E402
 from megaclap.data.gpt_dataset import MockGPTDataset  # noqa: E402
@@ -54,7 +53,6 @@ RUNS = [
      "--clapping-fresh-codec", "hquant:4", *CODECS, *LAZY],
     ["--pp-compression-method", "clapping-fu", "--pp-bwd-compression-method", "direct", *CODECS, *LAZY],
 ]
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def write_corpus(prefix: str, samples: int) -> None:
@@ -79,12 +77,6 @@ def _worker(rank, world, argv, steps):
             "epochs": tr.data.train.consumed_samples / len(tr.data.train.dataset)}
 
 
-def _interval(values: list) -> tuple:
-    if len(values) < 2:
-        return statistics.fmean(values), float("nan")
-    return statistics.fmean(values), T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def measure(steps: int, seeds: list, corpus_samples: int) -> list:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +89,7 @@ def measure(steps: int, seeds: list, corpus_samples: int) -> list:
             results = [[r for r in run_ranks(_worker, 2, argv + ["--seed", str(s)], steps, timeout_s=3600)
                         if r is not None][0] for s in seeds]
             rows.append({"variant": label, "origin": origin, "flags": " ".join(flags),
-                         "val": _interval([r["val"] for r in results]),
+                         "val": mean_interval([r["val"] for r in results]),
                          "bytes_ratio": statistics.fmean(r["payload"] / r["raw"] for r in results),
                          "epochs": results[0]["epochs"], "per_seed": results})
             print(f"  {label}: val {rows[-1]['val'][0]:.4f}", flush=True)
@@ -112,17 +104,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="bench/results/variants.json")
     a = ap.parse_args(argv)
     rows = measure(a.steps, a.seeds, a.train_samples_in_corpus)
-    print(f"\nGPT-tiny PP=2, {a.steps} steps, {a.train_samples_in_corpus}-sample corpus "
-          f"({rows[0]['epochs']:.1f} epochs at p=1), seeds {a.seeds}; hquant:2 fwd / hquant:4 bwd where compressed")
-    print("| variant | origin | val loss (mean +- 95%) | bytes / raw |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['origin']} | {r['val'][0]:.4f} +- {r['val'][1]:.4f} | {r['bytes_ratio']:.3f} |")
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"steps": a.steps, "seeds": a.seeds, "corpus_samples": a.train_samples_in_corpus,
-                   "model": MODEL, "rows": rows}, f, indent=1)
-    os.replace(tmp, a.out)
+    print_table(f"GPT-tiny PP=2, {a.steps} steps, {a.train_samples_in_corpus}-sample corpus ({rows[0]['epochs']:.1f} "
+                f"epochs at p=1), seeds {a.seeds}; hquant:2 fwd / hquant:4 bwd where compressed",
+                ["variant", "origin", "val loss (mean +- 95%)", "bytes / raw"],
+                [[r["variant"], r["origin"], f"{r['val'][0]:.4f} +- {r['val'][1]:.4f}", f"{r['bytes_ratio']:.3f}"]
+                 for r in rows])
+    write_json(a.out, {"steps": a.steps, "seeds": a.seeds, "corpus_samples": a.train_samples_in_corpus,
+                       "model": MODEL, "rows": rows})
 
 
 if __name__ == "__main__":
