@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 
-from megaclap.config import ConfigError, MegaclapConfig
+from megaclap.config import ConfigError, MegaclapConfig, parse_eval_schedule
 from megaclap.megatron_checks import check_megatron_args
 
 CHOICES = {
@@ -70,6 +70,10 @@ def _check_batches(cfg: MegaclapConfig, dp: int) -> None:
            f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
            f"{t.micro_batch_size} x data-parallel size {dp}")
     _check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+    try:
+        parse_eval_schedule(t.eval_interval_schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check(cfg.parallel.ddp_bucket_size > 0, "--ddp-bucket-size must be a positive number of gradient elements")
 
 
