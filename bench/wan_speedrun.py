@@ -75,12 +75,13 @@ def per_target(runs: Runs, name: str, seeds: list, target: float) -> dict:
     out = {"factor": factor, "seeds": seeds, "steps_per_seed": steps, "steps": stats.mean_interval(steps),
            "reached": sum(s is not None for s in steps),
            "fitted_steps": [fitted_steps_to_target(r["val_curve"], target, r["iters"]) for r in recs],
-           "T_per_seed": {}, "T": {}, "step_s": {}}
+           "T_per_seed": {}, "T": {}, "step_s": {}, "fresh_s_per_seed": {}}
     for link in recs[0]["step_s"]:
         ts = [None if s is None else time_to_target(r["fresh"], s, r["step_s"][link]["fresh"],
                                                     r["step_s"][link]["repeat"]) for r, s in zip(recs, steps)]
         out["T_per_seed"][link], out["T"][link] = ts, stats.mean_interval(ts)
         out["step_s"][link] = {k: recs[0]["step_s"][link][k] for k in ("fresh", "repeat", "steady")}
+        out["fresh_s_per_seed"][link] = [r["step_s"][link]["fresh"] for r in recs]
     return out
 
 

@@ -106,9 +106,10 @@ def test_quick_run_writes_the_table_with_seeds_and_intervals(tmp_path):
         assert r["reached"] == 3 and r["steps"]["lo"] <= r["steps"]["mean"] <= r["steps"]["hi"]
     for r in rows.values():
         res_end = r["targets"]["end"]
-        for seed_steps, seed_t in zip(res_end["steps_per_seed"], res_end["T_per_seed"]["slow"]):
-            if seed_steps is not None:   # every step of this run is fresh: T = steps x fresh step time
-                assert seed_t == pytest.approx(seed_steps * res_end["step_s"]["slow"]["fresh"])
+        for steps, t, step_s in zip(res_end["steps_per_seed"], res_end["T_per_seed"]["slow"],
+                                    res_end["fresh_s_per_seed"]["slow"]):
+            if steps is not None:   # every step of this run is fresh: T = steps x its fresh step time
+                assert t == pytest.approx(steps * step_s)
     table = (out / "wan_speedrun.md").read_text()
     assert "| dense |" in table and "| hquant4 |" in table and "Target end" in table and "[" in table
     # resumable: a second run reuses every finished run
