@@ -113,8 +113,8 @@ class Preset:
     more_seeds: int = 5              # for configurations within 5% of the best T
     schedule_factors: tuple = (1.0, 1.25, 1.5, 2.0)
     target_fraction: float = 0.95
-    eval_coarse: int = 100           # validation every this many steps before the target window
-    eval_fine: int = 25              # ... and every this many from fine_from x dense steps on
+    eval_coarse: int = 150           # validation every this many steps before the target window
+    eval_fine: int = 25              # ... and every this many from fine_from x the run's steps on
     fine_from: float = 0.7
     eval_iters: int = 4              # mock data only: validation batches (real data: the split)
     window: int = 10                 # steady state: Protocol NanoGPT's 10-step windows,
@@ -150,7 +150,7 @@ PRESETS = {
                   links={"slow": ("2mbit", "10ms"), "moderate": ("20mbit", "10ms")}),
     # GPT-2 124M in 8 emulated stages on one GPU (needs the emulated pipeline, issue 19)
     "gpt2-124m": Preset("gpt2-124m", "GPT-2 124M (seq 1024, PP=8 emulated, bf16, Debian docs corpus)",
-                        {"config": "gpt2-124m", "micro_batch_size": 8, "global_batch_size": 64,
+                        {"config": "gpt2-125m", "micro_batch_size": 8, "global_batch_size": 64,
                          "precision": "bf16"},
                         {"prefix": "data/debian_docs/debian_docs_text_document",
                          "tokenizer_model": "data/debian_docs/tokenizer.model", "split": "63,37,0"},

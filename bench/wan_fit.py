@@ -30,6 +30,18 @@ def steps_to_target(curve, target: float):
     return None
 
 
+def crossing_gap(curve, target: float):
+    """Steps between the two evaluations that bracket the first crossing (0 when the first
+    evaluation is already at or below the target; None when never): how far apart the points
+    were that the interpolation joined."""
+    prev = None
+    for step, loss in zip(*curve):
+        if loss <= target:
+            return 0 if prev is None else step - prev
+        prev = step
+    return None
+
+
 def loss_at(curve, step: float) -> float:
     """Validation loss at `step`, linearly interpolated between evaluation points."""
     steps, losses = curve

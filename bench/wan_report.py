@@ -71,8 +71,14 @@ def sentences(result: dict, target: str) -> list:
 
 
 def markdown(result: dict) -> list:
+    dense = next(r for r in result["rows"] if r["name"] == "dense")
+    speed = f"dense run: {dense['tokens_per_s']:.0f} tokens/s"
+    if dense["tflops"] is not None:
+        speed += f", {dense['tflops']:.3g} TFLOP/s per device"
+    if dense["mfu"] is not None:
+        speed += f", MFU {dense['mfu']:.1%}"
     lines = [f"Scale: {result['scale']}; {len(result['seeds'])} seeds (more near the best); validation "
-             f"{result['valid_tokens']} tokens, the same at every evaluation."]
+             f"{result['valid_tokens']} tokens, the same at every evaluation; {speed} (no link)."]
     for target, loss in result["targets"].items():
         what = (f"dense loss at {result['target_fraction']:.0%} of its schedule" if target == "end"
                 else "dense final loss")

@@ -34,11 +34,12 @@ from bench.wan_fit import kind_step_times
 REL_ERR = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/(rel_err|payload_bytes)")
 
 
-def eval_schedule(iters: int, dense_iters: int, preset: Preset) -> str:
-    """--eval-interval-schedule: every eval_coarse steps, then every eval_fine steps from
-    about fine_from x the dense steps, aligned so the run's last step is evaluated."""
-    fine, start = preset.eval_fine, int(preset.fine_from * dense_iters)
-    start = iters - fine * ((iters - start) // fine) if start < iters else iters
+def eval_schedule(iters: int, preset: Preset) -> str:
+    """--eval-interval-schedule: every eval_coarse steps, then every eval_fine steps from about
+    fine_from x the run's own steps (where its decayed schedule meets the targets), aligned so
+    that its last step is evaluated."""
+    fine = preset.eval_fine
+    start = iters - fine * ((iters - int(preset.fine_from * iters)) // fine)
     return f"0:{preset.eval_coarse} {start}:{fine}"
 
 
@@ -116,7 +117,7 @@ class TorchrunBackend:
         c, pr = CONFIGS[name], self.preset
         first = next(iter(pr.links))
         args = (f"--seed {seed} --train-iters {iters} --full-validation --eval-interval-schedule "
-                f"{eval_schedule(iters, pr.train_iters, pr)} --eval-iters {pr.eval_iters} "
+                f"{eval_schedule(iters, pr)} --eval-iters {pr.eval_iters} "
                 f"--lr-warmup-iters {max(1, pr.train_iters // 10)} --log-interval "
                 f"{1 if pr.time_in_loss_runs else 10}")
         if pr.time_in_loss_runs:

@@ -8,7 +8,7 @@ Per preset (bench/wan_configs.py: model, data, PP, links, seeds, schedules, rule
 
 1. Dense runs (bf16 wire, dropout 0), one per seed, with --full-validation: every evaluation
    reads the same validation tokens in full, every `eval_coarse` steps and every `eval_fine`
-   steps from `fine_from` x the dense steps on.
+   steps from `fine_from` x the run's own steps on (where its decayed schedule meets the targets).
 2. Targets (bench/wan_fit.targets): "end" = the dense runs' loss at 95% of their decayed
    schedule, "final" = the dense final loss (each the highest over the dense seeds).
 3. Every configuration, every seed: steps to target = the first evaluation at or below it,
@@ -37,7 +37,8 @@ if __package__ in (None, ""):
 
 from bench import stats  # noqa: E402
 from bench.wan_configs import CONFIGS, PRESETS, Preset, available  # noqa: E402
-from bench.wan_fit import fitted_steps_to_target, steps_to_target, targets, time_to_target  # noqa: E402
+from bench.wan_fit import (crossing_gap, fitted_steps_to_target, steps_to_target, targets,  # noqa: E402
+                           time_to_target)
 from bench.wan_report import markdown, write_text  # noqa: E402
 
 
@@ -75,6 +76,7 @@ def per_target(runs: Runs, name: str, seeds: list, target: float) -> dict:
     out = {"factor": factor, "seeds": seeds, "steps_per_seed": steps, "steps": stats.mean_interval(steps),
            "reached": sum(s is not None for s in steps),
            "fitted_steps": [fitted_steps_to_target(r["val_curve"], target, r["iters"]) for r in recs],
+           "crossing_gaps": [crossing_gap(r["val_curve"], target) for r in recs],
            "T_per_seed": {}, "T": {}, "step_s": {}, "fresh_s_per_seed": {}}
     for link in recs[0]["step_s"]:
         ts = [None if s is None else time_to_target(r["fresh"], s, r["step_s"][link]["fresh"],
@@ -145,8 +147,9 @@ def make_backend(preset: Preset, args):
     """Today's backend: tools/ablate.py cells over torchrun."""
     from bench.wan_runs import TorchrunBackend
     if preset.emulated:
-        raise SystemExit(f"wan_speedrun: preset {preset.name} runs {preset.pp} stages on one device and needs "
-                         "the one-process emulated pipeline (--pp-emulate, issue 19), not in this build")
+        print(f"wan_speedrun: preset {preset.name} runs {preset.pp} stages on one device and needs the "
+              "one-process emulated pipeline (--pp-emulate, issue 19), not in this build", file=sys.stderr)
+        raise SystemExit(2)
     data = preset.data
     if args.data_path:
         data = {"prefix": args.data_path, "tokenizer_model": args.tokenizer_model,

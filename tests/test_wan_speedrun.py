@@ -19,6 +19,7 @@ def test_steps_to_target_interpolates_between_evaluations_and_says_when_never_re
     assert wf.steps_to_target(curve, 3.75) == pytest.approx(87.5)
     assert wf.steps_to_target(curve, 6.5) == pytest.approx(25.0)    # already below at the first point
     assert wf.steps_to_target(curve, 3.0) is None
+    assert [wf.crossing_gap(curve, t) for t in (4.5, 6.5, 3.0)] == [25, 0, None]
     # the first crossing counts, not a later one after a bump
     assert wf.steps_to_target([[10, 20, 30, 40], [5.0, 3.9, 4.2, 3.0]], 4.0) == pytest.approx(10 + 10 / 1.1)
 
@@ -89,6 +90,28 @@ def test_configurations_with_unknown_codecs_are_skipped_with_a_reason():
     ok, skipped = available(["dense", "lowrank8", "fu-0.5"], parse)
     assert ok == ["dense", "fu-0.5"] and "lowrank:8" in skipped["lowrank8"]
     assert all(c.p is None or 0 < c.p < 1 for c in CONFIGS.values())
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpt2-124m"])
+def test_every_configuration_of_a_preset_is_a_valid_run(preset):
+    """The flags each run would get (compression, lazy sampling, eval schedule, dropout 0) pass
+    megaclap's start-up checks at the preset's pipeline size: no typo waits for hour 1 of a run."""
+    from megaclap.arguments import parse_args
+    from megaclap.compression.codecs import parse_codec
+    from bench.wan_configs import PRESETS
+    from bench.wan_runs import TorchrunBackend, eval_schedule
+    pr = PRESETS[preset]
+    backend = TorchrunBackend(pr, "/nonexistent")
+    names, _ = available(list(pr.configs), parse_codec)
+    assert "dense" in names and len(names) >= 6
+    for name in names:
+        cell = backend._cell(name, "t", CONFIGS[name].p, f"--full-validation --eval-interval-schedule "
+                             f"{eval_schedule(2 * pr.train_iters, pr)}")
+        argv = ["--num-layers", "8", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+                "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "10", "--mock-data",
+                "--vocab-size", "64", "--pipeline-model-parallel-size", str(pr.pp)]
+        cfg = parse_args(argv + cell.compression_flags() + cell.args.split()).validate(pr.pp)
+        assert cfg.model.hidden_dropout == 0 and cfg.train.full_validation, name
 
 
 def test_quick_run_writes_the_table_with_seeds_and_intervals(tmp_path):
