@@ -117,6 +117,7 @@ class Preset:
     eval_fine: int = 25              # ... and every this many from fine_from x the run's steps on
     fine_from: float = 0.7
     eval_iters: int = 4              # mock data only: validation batches (real data: the split)
+    min_valid_tokens: int = 0        # refuse a corpus/split whose fixed validation set is smaller
     window: int = 10                 # steady state: Protocol NanoGPT's 10-step windows,
     windows: int = 3                 # three consecutive ones
     tol: float = 0.01                # agreeing within 1%
@@ -146,6 +147,7 @@ PRESETS = {
     # two CPU cores: PP=4, GPT 4x128 on the standard-library corpus (>= 1M validation tokens)
     "cpu": Preset("cpu", "CPU (GPT 4x128, seq 128, PP=4, stdlib corpus)", CPU_MODEL,
                   {"build": "stdlib", "vocab_size": 4096, "valid_files": 180}, pp=4, train_iters=600,
+                  min_valid_tokens=1_000_000,
                   configs=tuple(n for n, c in CONFIGS.items() if c.group != "new-codecs"),
                   links={"slow": ("2mbit", "10ms"), "moderate": ("20mbit", "10ms")}),
     # GPT-2 124M in 8 emulated stages on one GPU (needs the emulated pipeline, issue 19)
@@ -155,6 +157,7 @@ PRESETS = {
                         {"prefix": "data/debian_docs/debian_docs_text_document",
                          "tokenizer_model": "data/debian_docs/tokenizer.model", "split": "63,37,0"},
                         pp=8, train_iters=400, configs=MAIN[:6], seeds=1, more_seeds=1,
+                        min_valid_tokens=9_000_000,
                         links={"pnanogpt": ("200mbit", "50ms"), "fast": ("1gbit", "10ms")},
                         emulated=True, peak_tflops=989.0),
 }

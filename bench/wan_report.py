@@ -28,8 +28,8 @@ def _step_ms(s: dict) -> str:
 
 def table(result: dict, target: str) -> list:
     links = list(result["links"])
-    head = ("| config | group | p | B/token fwd / bwd | rel err fwd (fresh / rep) | rel err bwd (fresh / rep) "
-            "| schedule | seeds reached | steps to target | fitted (diag.) |")
+    head = ("| config | group | p | B/token fwd / bwd | rel err fwd (fresh / rep) "
+            "| rel err bwd (fresh / rep) | schedule | seeds reached | steps to target | fitted (diag.) |")
     for link in links:
         head += f" {link}: step ms (fresh / rep) | {link}: T s | {link}: T / dense | {link}: verdict |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -58,7 +58,8 @@ def sentences(result: dict, target: str) -> list:
             continue
         best = min(rows, key=lambda r: r["targets"][target]["T"][link]["mean"])
         res = best["targets"][target]
-        line = (f"{link} link ({bw}, {lat}): lowest mean T {best['name']} ({_iv(res['T'][link], '{:.2f}', ' s')}, "
+        t = _iv(res["T"][link], "{:.2f}", " s")
+        line = (f"{link} link ({bw}, {lat}): lowest mean T {best['name']} ({t}, "
                 f"{res['T_ratio'][link]:.3f}x dense: {res['verdict'][link]})")
         clap = [r for r in rows if r["method"].startswith("clapping")]
         if clap:
@@ -82,11 +83,13 @@ def markdown(result: dict) -> list:
     for target, loss in result["targets"].items():
         what = (f"dense loss at {result['target_fraction']:.0%} of its schedule" if target == "end"
                 else "dense final loss")
-        lines += ["", f"### Target {target}: validation loss {loss:.4f} ({what})", "", *table(result, target), ""]
+        lines += ["", f"### Target {target}: validation loss {loss:.4f} ({what})", "",
+                  *table(result, target), ""]
         lines += [f"- {s}" for s in sentences(result, target)]
-    lines += ["", "Intervals: 95%, Student's t over seeds. Step times marked * did not reach the steady-state "
-              "rule (three consecutive windows within the tolerance). Verdicts compare T with dense (bf16 "
-              "wire) on the same link: 'pays' / 'does not pay' only where the intervals separate."]
+    lines += ["", "Intervals: 95%, Student's t over seeds. Step times marked * did not reach the "
+              "steady-state rule (three consecutive windows within the tolerance). Verdicts compare T "
+              "with dense (bf16 wire) on the same link: 'pays' / 'does not pay' only where the "
+              "intervals separate."]
     if result["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{n} ({why})" for n, why in result["skipped"].items())]
     return lines

@@ -76,7 +76,8 @@ class TorchrunBackend:
     def _run(self, cell: ablate.Cell) -> tuple:
         res = ablate.run_cell(self.grid, cell, self.plan, self.cells_dir, dry_run=False)
         if res is None:
-            raise RuntimeError(f"wan_speedrun: run {cell.name} failed; see {self.cells_dir}/{cell.name}/train.log")
+            log = os.path.join(self.cells_dir, cell.name, "train.log")
+            raise RuntimeError(f"wan_speedrun: run {cell.name} failed; see {log}")
         return res, ablate_report.read_scalars(os.path.join(self.cells_dir, cell.name, "tb"))
 
     @staticmethod

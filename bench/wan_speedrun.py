@@ -28,6 +28,7 @@ resumable); the analysis reads only their records. Writes JSON and a markdown ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -90,10 +91,11 @@ def per_target(runs: Runs, name: str, seeds: list, target: float) -> dict:
 def row_of(runs: Runs, name: str, seeds: list, tgs: dict) -> dict:
     c = CONFIGS[name]
     first = runs.get(name, seeds[0], 1.0)
-    return {"name": name, "group": c.group, "method": c.method, "bwd_method": c.bwd_method, "fwd_codec": c.fwd,
-            "bwd_codec": c.bwd, "p": c.p, "extra_args": c.extra, "bytes_per_token": first["bytes_per_token"],
-            "rel_err": first["rel_err"], "tokens_per_s": first["tokens_per_s"], "tflops": first["tflops"],
-            "mfu": first["mfu"], "val_curve": first["val_curve"],
+    return {"name": name, "group": c.group, "method": c.method, "bwd_method": c.bwd_method,
+            "fwd_codec": c.fwd, "bwd_codec": c.bwd, "p": c.p, "extra_args": c.extra,
+            "bytes_per_token": first["bytes_per_token"], "rel_err": first["rel_err"],
+            "tokens_per_s": first["tokens_per_s"], "tflops": first["tflops"], "mfu": first["mfu"],
+            "val_curve": first["val_curve"],
             "targets": {t: per_target(runs, name, seeds, loss) for t, loss in tgs.items()}}
 
 
@@ -102,7 +104,8 @@ def close_to_best(rows: list, within: float = 1.05) -> set:
     close = set()
     for t in rows[0]["targets"]:
         for link in rows[0]["targets"][t]["T"]:
-            means = {r["name"]: r["targets"][t]["T"][link]["mean"] for r in rows if r["targets"][t]["T"][link]}
+            ts = {r["name"]: r["targets"][t]["T"][link] for r in rows}
+            means = {n: iv["mean"] for n, iv in ts.items() if iv}
             if means:
                 best = min(means.values())
                 close |= {n for n, m in means.items() if m <= within * best}
@@ -128,6 +131,11 @@ def measure(args, preset: Preset, backend) -> dict:
         print(f"wan_speedrun: skipping {name}: {why}", flush=True)
     runs, seeds = Runs(backend, preset), seed_list(args.seed, preset.seeds)
     dense = [runs.get("dense", s, 1.0) for s in seeds]
+    if dense[0]["valid_tokens"] < preset.min_valid_tokens:
+        print(f"wan_speedrun: the validation split holds {dense[0]['valid_tokens']} tokens, fewer than "
+              f"preset {preset.name}'s {preset.min_valid_tokens}; give the corpus a larger validation split",
+              file=sys.stderr)
+        raise SystemExit(2)
     tgs = targets([r["val_curve"] for r in dense], preset.train_iters, preset.target_fraction)
     rows = [row_of(runs, n, seeds, tgs) for n in names]
     more = seed_list(args.seed, max(preset.more_seeds, preset.seeds))
@@ -135,12 +143,14 @@ def measure(args, preset: Preset, backend) -> dict:
         close = close_to_best(rows) | {"dense"}
         rows = [row_of(runs, r["name"], more, tgs) if r["name"] in close else r for r in rows]
     add_verdicts(rows)
-    return {"preset": preset.name, "scale": preset.scale, "targets": tgs, "target_fraction": preset.target_fraction,
-            "dense_iters": preset.train_iters, "pp": preset.pp, "links": preset.links, "model": preset.model,
-            "data": backend.data, "valid_tokens": dense[0]["valid_tokens"], "seeds": seeds, "rows": rows,
-            "skipped": skipped, "rules": {"window": preset.window, "windows": preset.windows, "tol": preset.tol,
-                                          "schedule_factors": preset.schedule_factors},
-            "command": "python -m bench.wan_speedrun " + " ".join(sys.argv[1:] if args.argv is None else args.argv)}
+    rules = {"window": preset.window, "windows": preset.windows, "tol": preset.tol,
+             "schedule_factors": preset.schedule_factors}
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    return {"preset": preset.name, "scale": preset.scale, "targets": tgs,
+            "target_fraction": preset.target_fraction, "dense_iters": preset.train_iters, "pp": preset.pp,
+            "links": preset.links, "model": preset.model, "data": backend.data,
+            "valid_tokens": dense[0]["valid_tokens"], "seeds": seeds, "rows": rows, "skipped": skipped,
+            "rules": rules, "command": "python -m bench.wan_speedrun " + " ".join(argv)}
 
 
 def make_backend(preset: Preset, args):
@@ -161,11 +171,14 @@ def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="scale [cpu]")
     p.add_argument("--quick", action="store_true", help="--preset quick: the smoke test (< 1 min)")
-    p.add_argument("--configs", nargs="*", default=None, help=f"subset of {', '.join(CONFIGS)} (dense always)")
+    p.add_argument("--configs", nargs="*", default=None,
+                   help=f"subset of {', '.join(CONFIGS)} (dense always)")
     p.add_argument("--out-dir", default=None, help="runs (resumable) [runs/wan_speedrun_<preset>]")
-    p.add_argument("--results", default=None, help="path prefix of .json/.md "
-                                                   "[bench/results/wan_speedrun_<preset>; quick: <out-dir>/wan_speedrun]")
+    p.add_argument("--results", default=None, help="path prefix of .json/.md [bench/results/"
+                   "wan_speedrun_<preset>; quick: <out-dir>/wan_speedrun]")
     p.add_argument("--seed", type=int, default=1234, help="first seed; seeds are consecutive [1234]")
+    p.add_argument("--pp", type=int, default=None,
+                   help="pipeline stages instead of the preset's (cpu: 4; 2 also)")
     p.add_argument("--data-path", default=None, help="a .bin/.idx prefix instead of the preset's corpus")
     p.add_argument("--tokenizer-model", default=None)
     p.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
@@ -190,6 +203,8 @@ def get_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = get_args(argv)
     preset = PRESETS[args.preset]
+    if args.pp:
+        preset = dataclasses.replace(preset, pp=args.pp, scale=f"{preset.scale}, PP={args.pp} instead")
     result = measure(args, preset, make_backend(preset, args))
     table = markdown(result)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)

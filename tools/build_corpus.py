@@ -80,7 +80,8 @@ SOURCES = (
     Source("apache2-doc", ("usr/share/doc/apache2-doc/manual/**/*.html",), "html", "Apache-2.0",
            (".html.", "/mod/directives", "/sitemap")),
     Source("debian-policy", ("usr/share/doc/debian-policy/*.txt.gz",), "text", "GPL-2+"),
-    Source("developers-reference", ("usr/share/developers-reference/_sources/*.rst.txt",), "text", "MIT (Expat)"),
+    Source("developers-reference", ("usr/share/developers-reference/_sources/*.rst.txt",), "text",
+           "MIT (Expat)"),
     Source("debian-reference-en", ("usr/share/debian-reference/*.en.html",), "html", "GPL-2+"),
     Source("gnu-standards", ("usr/share/doc/gnu-standards/*.text.gz",), "text",
            "GFDL-1.3+ (no invariant sections)"),
@@ -99,7 +100,8 @@ def _apt(argv: list, cwd: str = None) -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise CorpusError(f"`{' '.join(argv)}` failed: {lines[-1] if lines else 'exit ' + str(proc.returncode)}")
+        why = lines[-1] if lines else f"exit {proc.returncode}"
+        raise CorpusError(f"`{' '.join(argv)}` failed: {why}")
     return proc.stdout
 
 
@@ -201,7 +203,8 @@ def select(docs: list, tokens: list, max_tokens: int) -> tuple:
 def build(args) -> dict:
     """Every step; returns what corpus.json records."""
     start = time.time()
-    out_dir, deb_dir = os.path.abspath(args.out_dir), os.path.abspath(args.deb_dir or os.path.join(args.out_dir, "debs"))
+    out_dir = os.path.abspath(args.out_dir)
+    deb_dir = os.path.abspath(args.deb_dir or os.path.join(out_dir, "debs"))
     os.makedirs(deb_dir, exist_ok=True)
     debs = {s.package: fetch(s, deb_dir) for s in SOURCES}      # every package first: fail early
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".unpack-") as scratch:
@@ -209,10 +212,11 @@ def build(args) -> dict:
     tokenizer = os.path.join(out_dir, "tokenizer.model")
     corpus = os.path.join(out_dir, f"{NAME}.jsonl")
     write_jsonl(corpus, docs)
-    if not os.path.exists(tokenizer):
-        _run_tool([os.path.join(REPO, "tools", "train_tokenizer.py"), "--input", corpus, "--json-keys", "text",
-                   "--output-prefix", tokenizer[:-len(".model")], "--model-type", "bpe", "--vocab-size",
-                   str(args.vocab_size), "--byte-fallback", "--input-sentence-size", str(args.tokenizer_sentences)],
+    if not os.path.exists(tokenizer):   # reused: delete it to retrain on another package set
+        _run_tool([os.path.join(REPO, "tools", "train_tokenizer.py"), "--input", corpus, "--json-keys",
+                   "text", "--output-prefix", tokenizer[:-len(".model")], "--model-type", "bpe",
+                   "--vocab-size", str(args.vocab_size), "--byte-fallback",
+                   "--input-sentence-size", str(args.tokenizer_sentences)],
                   f"sentencepiece BPE tokenizer, vocab {args.vocab_size} -> {tokenizer}")
     kept, total = select(docs, count_tokens(tokenizer, [t for _, t in docs]), args.max_tokens)
     write_jsonl(corpus, kept)
@@ -228,8 +232,8 @@ def build(args) -> dict:
             "documents": len(kept), "documents_available": len(docs), "tokens": total,
             "chars": sum(len(t) for _, t in kept), "bin_idx_mb": round(size_mb, 2),
             "seconds": round(time.time() - start, 1),
-            "packages": [{"package": s.package, "deb": os.path.basename(debs[s.package]), "license": s.license,
-                          **counts[s.package]} for s in SOURCES],
+            "packages": [{"package": s.package, "deb": os.path.basename(debs[s.package]),
+                          "license": s.license, **counts[s.package]} for s in SOURCES],
             "command": "python tools/build_corpus.py " + " ".join(sys.argv[1:])}
 
 
