@@ -96,7 +96,7 @@ def test_configurations_with_unknown_codecs_are_skipped_with_a_reason():
 def test_every_configuration_of_a_preset_is_a_valid_run(preset):
     """The flags each run would get (compression, lazy sampling, eval schedule, dropout 0) pass
     megaclap's start-up checks at the preset's pipeline size: no typo waits for hour 1 of a run."""
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.compression.codecs import parse_codec
     from bench.wan_configs import PRESETS
     from bench.wan_runs import TorchrunBackend, eval_schedule
