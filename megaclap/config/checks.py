@@ -14,6 +14,7 @@ from .errors import ConfigError, check
 from .flags import flag_name
 from .megatron import check_megatron_args
 from .parallel import layer_ranges
+from .train import parse_eval_schedule
 
 
 def _check_choices(cfg) -> None:
@@ -67,6 +68,10 @@ def _check_batches(cfg, dp: int) -> None:
           f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
           f"{t.micro_batch_size} x data-parallel size {dp}")
     check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+    try:
+        parse_eval_schedule(t.eval_interval_schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check(cfg.parallel.ddp_bucket_size > 0, "--ddp-bucket-size must be a positive number of gradient elements")
 
 

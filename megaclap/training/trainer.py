@@ -89,7 +89,8 @@ class Trainer:
             train_iters=t.train_iters, eval_iters=t.eval_iters, eval_interval=t.eval_interval,
             seed=t.seed, vocab_size=m.vocab_size, load_tokens=pstate.is_first_stage or pstate.is_last_stage,
             shard_by_dp_rank=pstate.pp_size > 1 and "aqsgd" in (cfg.compression.method,
-                                                                 cfg.compression.effective_bwd_method))
+                                                                 cfg.compression.effective_bwd_method),
+            full_validation=t.full_validation)
         self.iteration, self.skipped, self._nans, self._nan_pending = 0, 0, 0, None
         self._first_bad = None  # device: first iteration with a NaN/inf (bf16/fp32, stop mode)
         self.start_time, self.last_gbs = time.time(), t.global_batch_size
@@ -228,12 +229,12 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, source=None) -> float:
-        """Mean loss over --eval-iters batches of the validation split (forward only)."""
+        """Mean loss over --eval-iters batches of the validation split, or over all of it, the same
+        batches every time, with --full-validation (forward only)."""
         source = source or self.data.valid
         self.stage.eval()
         losses = []
-        for _ in range(self.cfg.train.eval_iters):
-            batch = source.next_batch()
+        for batch in source.eval_batches(self.cfg.train.eval_iters):
             info = StepInfo(step=self.iteration, fresh=True)
             stats = forward_backward(self.stage, self.ps, self.eval_p2p, self._microbatches(batch), info,
                                      forward_only=True, autocast=self.autocast)
@@ -263,7 +264,7 @@ class Trainer:
                 self.check_finite()
                 self._log(log.reduce(self))
                 log = _IntervalLog()
-            if self.data.valid is not None and self.iteration % t.eval_interval == 0:
+            if self.data.valid is not None and t.eval_due(self.iteration):
                 self._log_validation(self.evaluate())
             if checkpointer is not None and checkpointer.after_step(self):
                 break
