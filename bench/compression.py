@@ -92,7 +92,8 @@ def throughput_table(device: torch.device, reps: int) -> list:
 
 SPEEDUP_SHAPE = (1, 2048, 4096)
 RANDK_DRAW = "randk:0.1 indices"
-SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "quant:4:sr"]
+SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "quant:4:sr", "hquant:4", "hquant:4:sr",
+                  "hquant:2", "topk:0.1"]
 
 
 def _load_codecs(path: str):
@@ -141,6 +142,10 @@ def speedup_table(baseline_path: str, device: torch.device, reps: int) -> list:
                 _median_seconds(round_trip, device, reps)
             row[f"ms_{label}"], row[f"gbps_{label}"] = secs * 1e3, raw / secs / 1e9
         row["speedup"] = row["ms_before"] / row["ms_after"]
+        rows.append(row)
+    return rows
+
+
 HQUANT_SPECS = ["quant:8", "hquant:8", "quant:4", "hquant:4", "hquant:3", "quant:2", "hquant:2"]
 
 
