@@ -26,16 +26,16 @@ import math
 
 import torch
 
+from megaclap.config.codec_spec import parse_codec_spec
+
 from .base import Codec, _as_dtype, _bytes, _numel
 from .bitpack import pack_bits, unpack_bits
-from .hquant import parse_hquant
-from .lowrank import parse_lowrank
+from .hquant import HQuantCodec
+from .lowrank import LowRankCodec
 from .shared_random import ROUNDING, chunk_size, hash_chunks, stream_key
-from .sparse import CHUNK, SPARSE_BITS, RandKCodec, TopKCodec
+from .sparse import CHUNK, RandKCodec, TopKCodec
 
-__all__ = ["CHUNK", "CODEC_HELP", "Codec", "parse_codec"]
-CODEC_HELP = ("identity, cast:bf16, cast:fp16, topk:R[:qB], randk:R[:scale][:qB], quant:B[:sr] "
-              "(0<R<=1, B in 2,4,8), hquant:B[:block][:sr] (B in 1,2,3,4,8), lowrank:R[:warm] (R>=1)")
+__all__ = ["CHUNK", "Codec", "parse_codec"]
 _CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -147,48 +147,21 @@ class QuantCodec(Codec):
         return out
 
 
-def _parse_ratio(text: str, spec: str, flag: str) -> float:
-    try:
-        ratio = float(text)
-    except ValueError:
-        ratio = float("nan")
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"{flag} {spec!r}: the ratio R must satisfy 0 < R <= 1 (allowed: {CODEC_HELP})")
-    return ratio
-
-
-def _parse_sparse(name: str, spec: str, args: list, flag: str) -> Codec:
-    """topk:R[:qB] and randk:R[:scale][:qB] (megaclap/compression/sparse.py)."""
-    rest, bits = list(args[1:]), None
-    if rest and rest[-1].startswith("q"):
-        if rest[-1][1:] not in {str(b) for b in SPARSE_BITS}:
-            raise ValueError(f"{flag} {spec!r}: the values' bits qB must be q2, q4 or q8 "
-                             f"(allowed: {CODEC_HELP})")
-        rest, bits = rest[:-1], int(rest[-1][1:])
-    scale = name == "randk" and rest == ["scale"]
-    if rest and not scale:
-        raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")
-    ratio = _parse_ratio(args[0], spec, flag)
-    spec = str(spec).strip().lower()
-    return TopKCodec(ratio, spec, bits) if name == "topk" else RandKCodec(ratio, scale, spec, bits)
-
-
 def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec:
-    """Parse a codec spec string; raise ValueError (one line) naming `flag` and the allowed values."""
-    parts = str(spec).strip().lower().split(":")
-    name, args = parts[0], parts[1:]
-    if name == "identity" and not args:
+    """Build the codec a spec string names; raise ValueError (one line) naming `flag` and the
+    allowed values (the grammar is megaclap/config/codec_spec.py)."""
+    parsed = parse_codec_spec(spec, flag)
+    name, text = parsed.name, str(spec).strip().lower()
+    if name == "identity":
         return IdentityCodec()
-    if name == "cast" and len(args) == 1 and args[0] in _CASTS:
-        return CastCodec(args[0])
-    if name in ("topk", "randk") and args:
-        return _parse_sparse(name, spec, args, flag)
-    if name == "quant" and len(args) in (1, 2) and args[1:] in ([], ["sr"]):
-        if args[0] not in ("2", "4", "8"):
-            raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
-        return QuantCodec(int(args[0]), len(args) == 2, spec)
-    if name == "hquant":
-        return parse_hquant(spec, args, flag, CODEC_HELP)
+    if name == "cast":
+        return CastCodec(parsed.target)
+    if name == "topk":
+        return TopKCodec(parsed.ratio, text, parsed.bits or None)
+    if name == "randk":
+        return RandKCodec(parsed.ratio, parsed.scale, text, parsed.bits or None)
+    if name == "quant":
+        return QuantCodec(parsed.bits, parsed.stochastic, text)
     if name == "lowrank":
-        return parse_lowrank(spec, args, flag, CODEC_HELP)
-    raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")
+        return LowRankCodec(parsed.rank, parsed.warm, text)
+    return HQuantCodec(parsed.bits, parsed.block, parsed.stochastic, text)

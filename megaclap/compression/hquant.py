@@ -43,8 +43,6 @@ from .base import Codec, _as_dtype, _bytes
 from .bitpack import pack_bits, unpack_bits
 from .shared_random import ROUNDING, SIGNS, signs, stochastic_floor_, stream_key
 
-HQUANT_BITS = (1, 2, 3, 4, 8)
-DEFAULT_BLOCK, MAX_BLOCK = 64, 4096
 
 
 def _next_pow2(n: int) -> int:
@@ -130,22 +128,3 @@ class HQuantCodec(Codec):
         f = scale.mul_(float(torch.tensor(1 / (self.levels * math.sqrt(blk)), dtype=torch.float32)))
         x = z.mul_(f).view(rows, dp).mul_(self.signs(dp, seed, payload.device))[:, :d]
         return x.to(dtype).reshape(shape)
-
-
-def parse_hquant(spec: str, args: list, flag: str, help_text: str) -> HQuantCodec:
-    """hquant:B[:block][:sr] -> HQuantCodec; ValueError naming `flag` otherwise."""
-    def bad(why):
-        return ValueError(f"{flag} {spec!r}: {why} (allowed: {help_text})")
-    if not args or args[0] not in {str(b) for b in HQUANT_BITS}:
-        raise bad("hquant bits B must be 1, 2, 3, 4 or 8")
-    rest, stochastic = list(args[1:]), False
-    if rest and rest[-1] == "sr":
-        rest, stochastic = rest[:-1], True
-    block = DEFAULT_BLOCK
-    if rest:
-        size = int(rest[0]) if len(rest) == 1 and rest[0].isdigit() else 0
-        if not 2 <= size <= MAX_BLOCK or size & (size - 1):
-            raise bad(f"hquant block must be a power of two from 2 to {MAX_BLOCK}, e.g. hquant:4:64 "
-                      f"or hquant:4:128:sr")
-        block = size
-    return HQuantCodec(int(args[0]), block, stochastic, str(spec).strip().lower())

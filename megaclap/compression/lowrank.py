@@ -82,11 +82,3 @@ class LowRankCodec(Codec):
         for j in range(1, p.shape[1]):
             out.addcmul_(p[:, j:j + 1], q[:, j])
         return out.to(dtype).reshape(shape)
-
-
-def parse_lowrank(spec: str, args: list, flag: str, help_text: str) -> LowRankCodec:
-    """lowrank:R[:warm] -> LowRankCodec; ValueError naming `flag` otherwise."""
-    if not args or not args[0].isdigit() or int(args[0]) < 1 or args[1:] not in ([], ["warm"]):
-        raise ValueError(f"{flag} {spec!r}: lowrank needs an integer rank R >= 1, e.g. lowrank:8 "
-                         f"or lowrank:8:warm (allowed: {help_text})")
-    return LowRankCodec(int(args[0]), len(args) == 2, str(spec).strip().lower())

@@ -35,7 +35,6 @@ from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .shared_random import RANDK, below, stream_key
 
 CHUNK = 65536
-SPARSE_BITS = (2, 4, 8)
 
 
 def ceil_frac(ratio: float, n: int) -> int:
