@@ -32,7 +32,7 @@ from .base import Codec, _as_dtype, _bytes, _numel
 from .bitpack import pack_bits, unpack_bits
 from .hquant import HQuantCodec
 from .lowrank import LowRankCodec
-from .shared_random import ROUNDING, chunk_size, hash_chunks, stream_key
+from .shared_random import ROUNDING, chunk_size, rounding_chunks, stream_key
 from .sparse import CHUNK, RandKCodec, TopKCodec
 
 __all__ = ["CHUNK", "Codec", "parse_codec"]
@@ -78,8 +78,8 @@ class QuantCodec(Codec):
     Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
     q + qmax in B bits (bitpack.py). Per element, in fp32: y = x * (qmax / scale) (one IEEE
     multiply; 0 where the scale is 0), then q = round(y) (half to even) or, with `:sr`,
-    q = clamp(floor(y + u), -qmax, qmax), u the shared hash's uniform of the element's flat
-    index (stream ROUNDING): unbiased, and the same payload on every device. Encode: absmax by
+    q = clamp(floor(y + u), -qmax, qmax), u the shared hash's rounding uniform of the element's
+    flat index (stream ROUNDING): unbiased, and the same payload on every device. Encode: absmax by
     two read-only reductions, then chunk by chunk (in cache on CPU) scale, round and store the
     byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
     """
@@ -111,31 +111,29 @@ class QuantCodec(Codec):
         payload = torch.empty(self.payload_nbytes(x.shape, x.dtype), dtype=torch.uint8, device=x.device)
         payload[: 4 * d] = _bytes(scale)
         if self.bits == 8:  # the codes are the payload's bytes
-            self._codes(xs.reshape(-1), inv, seed, payload[4 * d:])
+            self._codes(xs, inv, seed, payload[4 * d:])
         else:
-            codes = self._codes(xs.reshape(-1), inv, seed, self._work((n,), x.device, "codes", torch.uint8))
+            codes = self._codes(xs, inv, seed, self._work((n,), x.device, "codes", torch.uint8))
             pack_bits(codes, self.bits, out=payload[4 * d:])
         return payload
 
-    def _codes(self, flat: torch.Tensor, inv: torch.Tensor, seed: int, codes: torch.Tensor) -> torch.Tensor:
-        """codes [n] uint8 <- q + qmax, one chunk of the flat tensor at a time (the fp32 work
-        stays in cache on CPU; the uniforms come chunk by chunk from the shared hash)."""
-        n, d, step = flat.numel(), inv.numel(), chunk_size(flat.device)
+    def _codes(self, xs: torch.Tensor, inv: torch.Tensor, seed: int, codes: torch.Tensor) -> torch.Tensor:
+        """codes [n] uint8 <- q + qmax for xs [rows, D]. Round to nearest: one pass into a
+        reused fp32 work tensor. `:sr`: chunk by chunk of the flat tensor, so the fp32 work
+        and the hash's uniforms stay in cache on CPU."""
+        if not self.stochastic:
+            y = torch.mul(xs, inv, out=self._work(xs.shape, xs.device, "y"))  # [rows, D] fp32
+            codes.view(torch.int8).copy_(y.round_().view(-1))  # |y| <= qmax: absmax scaling
+            return codes.add_(self.qmax)  # q + qmax, wrapping in uint8
+        flat, n, d, step = xs.view(-1), xs.numel(), inv.numel(), chunk_size(xs.device)
         inv_rows = inv.repeat(-(-(min(n, step) + d) // d))  # [>= step + d]: inv_rows[i] = inv[i % d]
-        work = self._work((min(n, step),), flat.device, "y")
-        if self.stochastic:
-            chunks = hash_chunks(n, stream_key(seed, ROUNDING), flat.device)
-        else:
-            chunks = ((start, None) for start in range(0, n, step))
-        for start, h in chunks:
-            m, col = min(step, n - start), start % d
+        work = self._work((min(n, step),), xs.device, "chunk")
+        for start, v in rounding_chunks(n, stream_key(seed, ROUNDING), xs.device):
+            m, col = v.numel(), start % d
             y = torch.mul(flat[start:start + m], inv_rows[col:col + m], out=work[:m])
-            if h is None:
-                y.round_()  # |y| <= qmax already: absmax scaling
-            else:  # (h >> 8) * 2^-24 is exact: one IEEE addition, then floor
-                y.add_(h.bitwise_right_shift_(8), alpha=2.0 ** -24).floor_().clamp_(-self.qmax, self.qmax)
-            codes[start:start + m].copy_(y.add_(self.qmax))  # small exact integers -> uint8
-        return codes
+            y.add_(v, alpha=2.0 ** -16).floor_().clamp_(-self.qmax, self.qmax)  # u exact: one rounding
+            codes[start:start + m].view(torch.int8).copy_(y)
+        return codes.add_(self.qmax)
 
     def decode(self, payload, shape, dtype, seed=0):
         d, n = self._channels(shape), _numel(shape)

@@ -29,15 +29,17 @@ with integer tensor ops whose results torch defines on every device and dtype.
 4. Draws from h (exact integer or exactly representable float arithmetic, so every device and
    dtype gives the same values):
 
-       uniform     u = (h >> 8) * 2^-24          fp32 in [0, 1 - 2^-24], 24 bits, exact
-       sign        +1 if h < 2^31 else -1        the top bit
-       below(L)    (h * L) >> 32                 integer in [0, L), for 1 <= L < 2^31
-       centred     ((h >> 8) * 2 + 1 - 2^24) * 2^-24   fp32 in (-1, 1), exact (odd integers < 2^24)
+       sign        +1 if h < 2^31 else -1             the top bit
+       below(L)    (h * L) >> 32                      integer in [0, L), for 1 <= L < 2^31
+       centred     ((h >> 8) * 2 + 1 - 2^24) * 2^-24  fp32 in (-1, 1), exact (odd integers < 2^24)
+       rounding    element e = 2^16 b + j (0 <= j < 2^16) uses h of the pair index
+                   p = 2^15 b + (j mod 2^15): v = h >> 16 for j < 2^15, v = h & 0xFFFF
+                   for j >= 2^15; u = v * 2^-16, fp32 in [0, 1), exact
 
-Stochastic rounding (`stochastic_floor_`) adds u to a float32 tensor element by element (one
-IEEE addition: u is exact) and floors, so floor(y + u) is unbiased up to the fp32 rounding of the
-sum. On CPU the hash runs in chunks of 2^16 elements, in cache; the values depend on the index
-only, never on the chunking.
+Stochastic rounding (`stochastic_floor_`, quant's `:sr`) computes floor(y + u) with one IEEE
+fp32 addition (u is exact): E[floor(y + u)] - y lies in (-2^-16, 0] of a level (16-bit uniforms,
+two per hash: half the hashing of one per element), plus the rounding of the sum. On CPU the hash loops run in
+chunks of 2^16 elements, in cache; the values depend on the index only, never on the chunking.
 """
 
 import torch
@@ -50,6 +52,7 @@ MAX_ELEMENTS = 1 << 31  # element indices (and randk's stratum lengths) stay bel
 RANDK, SIGNS, ROUNDING, LOWRANK = 1, 2, 3, 4
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
 _CPU_CHUNK, _DEVICE_CHUNK = 1 << 16, 1 << 24
+_BLOCK = 1 << 16  # rounding uniforms: two per hash within each block of 2^16 elements
 
 
 def _mix64(z: int) -> int:
@@ -98,17 +101,39 @@ def chunk_size(device) -> int:
     return _CPU_CHUNK if torch.device(device).type == "cpu" else _DEVICE_CHUNK
 
 
-def hash_chunks(n: int, key: tuple, device):
+def hash_chunks(n: int, key: tuple, device, step: int = None):
     """Yield (start, h): h int64 [m], the hashes of indices start .. start + m - 1, chunk by
-    chunk over 0 .. n - 1. h is a reused buffer: use it before asking for the next chunk."""
+    chunk over 0 .. n - 1 (step: a power of two, default chunk_size). h is a reused buffer: use
+    it before asking for the next chunk."""
     _check(n)
-    step = chunk_size(device)
+    step = step or chunk_size(device)
     base = torch.arange(min(n, step), dtype=torch.int64, device=device)
     h, tmp = torch.empty_like(base), torch.empty_like(base)
-    for start in range(0, n, step):  # start is a multiple of 2^16: start + j == start ^ j
+    for start in range(0, n, step):  # start is a multiple of step: start + j == start ^ j
         m = min(step, n - start)
         torch.bitwise_xor(base[:m], key[0] ^ start, out=h[:m])
         yield start, _mix_(h[:m], tmp[:m], key[1])
+
+
+def rounding_chunks(n: int, key: tuple, device):
+    """Yield (start, v): v int32 [m], the 16-bit rounding values of elements start .. start + m
+    - 1 (u = v * 2^-16; see the module docstring), chunk by chunk. `v` is a reused buffer."""
+    step, block, half = chunk_size(device), _BLOCK, _BLOCK // 2
+    full, rest = divmod(n, block)
+    out = torch.empty(min(n, step), dtype=torch.int32, device=device)
+    for pair_start, h in hash_chunks(full * half + min(rest, half), key, device, step // 2):
+        start = 2 * pair_start  # pair chunks start on a block: element start = 2 * pair start
+        m = min(step, n - start)
+        blocks = m // block
+        if blocks:  # [blocks, 2, half]: first halves from the high bits, second from the low
+            hb, ob = h[: blocks * half].view(blocks, half), out[: blocks * block].view(blocks, 2, half)
+            torch.bitwise_right_shift(hb, 16, out=ob[:, 0])
+            torch.bitwise_and(hb, 0xFFFF, out=ob[:, 1])
+        if m > blocks * block:  # the last, shorter block: high bits first, low bits for the rest
+            hv, ov = h[blocks * half:], out[blocks * block:m]
+            torch.bitwise_right_shift(hv, 16, out=ov[: hv.numel()])
+            torch.bitwise_and(hv[: ov.numel() - hv.numel()], 0xFFFF, out=ov[hv.numel():])
+        yield start, out[:m]
 
 
 def hash_range(n: int, key: tuple, device) -> torch.Tensor:
@@ -117,11 +142,6 @@ def hash_range(n: int, key: tuple, device) -> torch.Tensor:
     for start, h in hash_chunks(n, key, device):
         out[start:start + h.numel()] = h
     return out
-
-
-def uniform(n: int, key: tuple, device) -> torch.Tensor:
-    """fp32 [n] in [0, 1): (h >> 8) * 2^-24 of indices 0 .. n - 1."""
-    return hash_range(n, key, device).bitwise_right_shift_(8).float().mul_(2.0 ** -24)
 
 
 def signs(n: int, key: tuple, device) -> torch.Tensor:
@@ -141,10 +161,9 @@ def below(lengths: torch.Tensor, key: tuple) -> torch.Tensor:
 
 
 def stochastic_floor_(y: torch.Tensor, key: tuple, lo: float, hi: float) -> torch.Tensor:
-    """In place on a contiguous fp32 tensor: y <- clamp(floor(y + u), lo, hi), u the uniform of
-    each element's flat index. E[floor(y + u)] = y for y in [lo, hi] (up to fp32 rounding)."""
+    """In place on a contiguous fp32 tensor: y <- clamp(floor(y + u), lo, hi), u the rounding
+    uniform of each element's flat index: E[result] = y for y in [lo, hi] (to 2^-16 of a level)."""
     flat = y.view(-1)
-    for start, h in hash_chunks(flat.numel(), key, y.device):  # hash, add and floor in cache
-        part = flat[start:start + h.numel()]
-        part.add_(h.bitwise_right_shift_(8), alpha=2.0 ** -24).floor_().clamp_(lo, hi)  # u exact
+    for start, v in rounding_chunks(flat.numel(), key, y.device):  # hash, add, floor in cache
+        flat[start:start + v.numel()].add_(v, alpha=2.0 ** -16).floor_().clamp_(lo, hi)
     return y

@@ -32,7 +32,7 @@ import torch
 
 from .base import Codec, _as_dtype, _bytes, _numel
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
-from .shared_random import RANDK, below, stream_key
+from .shared_random import RANDK, below, chunk_size, stream_key
 
 CHUNK = 65536
 
@@ -151,14 +151,22 @@ class TopKCodec(Codec):
 
 def _top_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
     """int64 [r * k]: flat positions (in `rows` [r, L]) of each row's k largest |x|, ties to the
-    lowest index, ascending. No host sync: nonzero_static has a fixed output size."""
-    mag = rows.abs().nan_to_num_(nan=math.inf, posinf=math.inf)  # [r, L]
-    thr = mag.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # [r, 1]: k-th largest
-    above = mag > thr
-    tie = mag == thr
-    need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)  # ties to keep, per row
-    keep = above.bitwise_or_(tie.bitwise_and_(tie.cumsum(dim=1, dtype=torch.int32) <= need))
-    return torch.nonzero_static(keep.view(-1), size=rows.shape[0] * k).view(-1)
+    lowest index, ascending. A few rows at a time (in cache on CPU); no host sync:
+    nonzero_static has a fixed output size."""
+    r, length = rows.shape
+    per = max(1, chunk_size(rows.device) // length)
+    out = torch.empty(r * k, dtype=torch.int64, device=rows.device)
+    for lo in range(0, r, per):
+        block = rows[lo:lo + per]
+        mag = block.abs().nan_to_num_(nan=math.inf, posinf=math.inf)  # [p, L]
+        top = mag.topk(k, dim=1, sorted=False).values  # [p, k]
+        thr = top.amin(dim=1, keepdim=True)  # [p, 1]: the k-th largest
+        need = k - (top > thr).sum(dim=1, keepdim=True, dtype=torch.int32)  # ties to keep, per row
+        tie = mag == thr
+        keep = tie.cumsum(dim=1, dtype=torch.int32).le_(need).bitwise_and_(tie).bitwise_or_(mag > thr)
+        found = torch.nonzero_static(keep.view(-1), size=block.shape[0] * k).view(-1)
+        out[lo * k:(lo + block.shape[0]) * k] = found.add_(lo * length)
+    return out
 
 
 class RandKCodec(Codec):
