@@ -34,7 +34,8 @@ def pack_bits(values: torch.Tensor, width: int, out: torch.Tensor = None) -> tor
         _pack3(values, out)
     else:
         planes = torch.arange(width, device=values.device)
-        bits = values.to(torch.int64).unsqueeze(1).bitwise_right_shift(planes).bitwise_and_(1)  # [n, w]
+        bits = values.to(torch.int64).unsqueeze(1).bitwise_right_shift(planes)  # [n, w]
+        bits.bitwise_and_(1)
         _pack_small(bits.to(torch.uint8).reshape(-1), 1, out)
     return out
 

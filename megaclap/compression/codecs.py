@@ -117,7 +117,7 @@ class QuantCodec(Codec):
             pack_bits(codes, self.bits, out=payload[4 * d:])
         return payload
 
-    def _codes(self, xs: torch.Tensor, inv: torch.Tensor, seed: int, codes: torch.Tensor) -> torch.Tensor:
+    def _codes(self, xs: torch.Tensor, inv: torch.Tensor, seed: int, codes: torch.Tensor):
         """codes [n] uint8 <- q + qmax for xs [rows, D]. Round to nearest: one pass into a
         reused fp32 work tensor. `:sr`: chunk by chunk of the flat tensor, so the fp32 work
         and the hash's uniforms stay in cache on CPU."""
@@ -131,14 +131,14 @@ class QuantCodec(Codec):
         for start, v in rounding_chunks(n, stream_key(seed, ROUNDING), xs.device):
             m, col = v.numel(), start % d
             y = torch.mul(flat[start:start + m], inv_rows[col:col + m], out=work[:m])
-            y.add_(v, alpha=2.0 ** -16).floor_().clamp_(-self.qmax, self.qmax)  # u exact: one rounding
+            y.add_(v, alpha=2.0 ** -16).floor_().clamp_(-self.qmax, self.qmax)  # u exact
             codes[start:start + m].view(torch.int8).copy_(y)
         return codes.add_(self.qmax)
 
     def decode(self, payload, shape, dtype, seed=0):
         d, n = self._channels(shape), _numel(shape)
         scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
-        codes = unpack_bits(payload[4 * d:], self.bits, n)  # [n] uint8 (B=8: a view of the payload, left intact)
+        codes = unpack_bits(payload[4 * d:], self.bits, n)  # [n] uint8 (B=8: a view, left intact)
         q = (torch.sub(codes, self.qmax) if self.bits == 8 else codes.sub_(self.qmax)).view(torch.int8)
         out = torch.empty(shape, dtype=dtype, device=payload.device)
         torch.mul(q.view(-1, d), scale / self.qmax, out=out.view(-1, d))  # fp32 math, cast on store

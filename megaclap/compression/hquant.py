@@ -101,7 +101,8 @@ class HQuantCodec(Codec):
         if dp != d:
             xf = torch.nn.functional.pad(xf, (0, dp - d))  # [rows, Dp]
         # pass 1: signs and rotation, z = (x * s) @ S per block (y = z / sqrt(blk))
-        z = (xf * self.signs(dp, seed, x.device)).view(rows * nb, blk) @ self._sylvester(blk, x.device)
+        z = (xf * self.signs(dp, seed, x.device)).view(rows * nb, blk)
+        z = z @ self._sylvester(blk, x.device)  # [rows * nb, blk]
         # pass 2: per-(token, block) scale (bf16, the stored value), then quantise with it
         if self.mean_scale:
             scale = (z.abs().mean(dim=1, keepdim=True) / root).to(torch.bfloat16)  # [rows * nb, 1]

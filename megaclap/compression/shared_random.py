@@ -38,8 +38,9 @@ with integer tensor ops whose results torch defines on every device and dtype.
 
 Stochastic rounding (`stochastic_floor_`, quant's `:sr`) computes floor(y + u) with one IEEE
 fp32 addition (u is exact): E[floor(y + u)] - y lies in (-2^-16, 0] of a level (16-bit uniforms,
-two per hash: half the hashing of one per element), plus the rounding of the sum. On CPU the hash loops run in
-chunks of 2^16 elements, in cache; the values depend on the index only, never on the chunking.
+two per hash: half the hashing of one per element), plus the rounding of the sum. On CPU the
+hash loops run in chunks of 2^16 elements, in cache; the values depend on the index only, never
+on the chunking.
 """
 
 import torch
@@ -126,7 +127,8 @@ def rounding_chunks(n: int, key: tuple, device):
         m = min(step, n - start)
         blocks = m // block
         if blocks:  # [blocks, 2, half]: first halves from the high bits, second from the low
-            hb, ob = h[: blocks * half].view(blocks, half), out[: blocks * block].view(blocks, 2, half)
+            hb = h[: blocks * half].view(blocks, half)
+            ob = out[: blocks * block].view(blocks, 2, half)
             torch.bitwise_right_shift(hb, 16, out=ob[:, 0])
             torch.bitwise_and(hb, 0xFFFF, out=ob[:, 1])
         if m > blocks * block:  # the last, shorter block: high bits first, low bits for the rest

@@ -7,7 +7,7 @@ chunks of CHUNK elements (the last one shorter); C = ceil(n / CHUNK) chunks.
                    values [k] (dtype) | in-chunk indices [k] (uint16)         k * (s + 2)
     topk:R:qB      scales [C] (fp32) | indices of full chunks (uint16) |
                    indices of the last, shorter chunk at w = bit_length(len - 1) bits |
-                   codes [k] at B bits            4C + 2 k_full + ceil(k_last * w / 8) + ceil(k * B / 8)
+                   codes [k] at B bits     4C + 2 k_full + ceil(k_last * w / 8) + ceil(k * B / 8)
     randk:R[:scale]     values [k] (dtype); positions from the seed        k * s,  k = ceil(R * n)
     randk:R[:scale]:qB  scales [C] (fp32) | codes [k] at B bits          4C + ceil(k * B / 8)
 
@@ -175,7 +175,7 @@ class RandKCodec(Codec):
     def __init__(self, ratio: float, scale: bool, spec: str, bits: int = None):
         self.spec, self.ratio, self.scale = spec, ratio, scale
         self.levels = _Levels(bits) if bits else None
-        self._memo = (None, None)  # last (key, (positions, stratum lengths)): the sender decodes right after
+        self._memo = (None, None)  # last (key, (positions, lengths)): the sender decodes right after
         self._strata: dict = {}    # (n, device) -> (starts, lengths): fixed per run
 
     def strata(self, n: int, device) -> tuple:

@@ -88,7 +88,8 @@ def _parse_hquant(spec: str, args: list, flag: str) -> CodecSpec:
 def _parse_lowrank(spec: str, args: list, flag: str) -> CodecSpec:
     """lowrank:R[:warm]."""
     if not args or not args[0].isdigit() or int(args[0]) < 1 or args[1:] not in ([], ["warm"]):
-        raise _bad(spec, flag, "lowrank needs an integer rank R >= 1, e.g. lowrank:8 or lowrank:8:warm")
+        raise _bad(spec, flag, "lowrank needs an integer rank R >= 1, e.g. lowrank:8 or "
+                               "lowrank:8:warm")
     return CodecSpec("lowrank", rank=int(args[0]), warm=len(args) == 2)
 
 
