@@ -150,7 +150,7 @@ def sylvester64(blk: int) -> torch.Tensor:
 
 
 def test_decode_is_exact_integer_arithmetic():
-    """decode = fp32(fp32(z * fp32(scale * c)) * sign), z = (2q - L) @ S summed exactly: a float64
+    """decode = fp32(fp32(z * fp32(scale * c)) * sign), z = (q - L/2) @ S summed exactly: a float64
     reference rounds once per step and must agree bit for bit (a float rotation would not)."""
     x = outliers((3, 10, 96), seed=5)
     for spec, blk in (("hquant:4", 64), ("hquant:8:32", 32), ("hquant:1", 64), ("hquant:3:128", 128)):
@@ -162,8 +162,8 @@ def test_decode_is_exact_integer_arithmetic():
         bits = [(int(b) >> i) & 1 for b in payload[2 * rows * nb:].tolist() for i in range(8)]
         q = torch.tensor([sum(bits[j * codec.bits + i] << i for i in range(codec.bits))
                           for j in range(rows * dp)], dtype=torch.float64).view(-1, blk)
-        z = (2 * q - levels) @ sylvester64(blk)
-        c = float(torch.tensor(1 / (levels * math.sqrt(blk)), dtype=torch.float32))
+        z = (q - levels / 2) @ sylvester64(blk)
+        c = float(torch.tensor(2 / (levels * math.sqrt(blk)), dtype=torch.float32))
         f = (scale * c).float().double()
         want = (z * f).float().double().view(rows, dp) * codec.signs(dp, 21, "cpu").double()
         got = codec.decode(payload, x.shape, x.dtype, seed=21)

@@ -126,7 +126,7 @@ class Channel:
         self.factors = {}  # codec spec -> last Q [D, r] of a warm-started lowrank codec (both ends)
         self.stats = ChannelStats()
         self._buffer = None
-        self._saved = None  # (m, e) as of the last commit(), while this step changed them
+        self._saved = None  # (m, e, factors) as of the last commit(), while this step changes them
         self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
 
     # ---------------------------------------------------------------- sizes and buffers
@@ -312,8 +312,8 @@ class Channel:
         self._saved = None
 
     def rollback(self) -> None:
-        """Undo every change to m and e since the last commit() (the optimizer skipped the step,
-        e.g. on an fp16 overflow). Both ends call it on the same steps, so they stay identical."""
+        """Undo every change to m, e and factors since the last commit() (the optimizer skipped
+        the step, e.g. on an fp16 overflow). Both ends call it on the same steps: they stay equal."""
         if self._saved is not None:
             self.m, self.e, self.factors = self._saved
             self._saved = None

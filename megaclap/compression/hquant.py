@@ -27,9 +27,9 @@ Shared randomness (shared_random.py), from the per-call seed both ends derive: t
 the top bits of the hash of d in [0, Dp) (stream SIGNS); the `:sr` uniforms those of the flat
 index r * Dp + c of the padded [rows, Dp] layout (stream ROUNDING).
 
-Decode is exact arithmetic and so the same on every device: t = 2q - L is an integer, t @ S
-sums at most blk integers of magnitude <= L (|sum| <= 4096 * 255 < 2^24: exact in fp32 in any
-order, also as TF32), then one fp32 multiply by f = scale * fp32(1 / (L * sqrt(blk))) (itself
+Decode is exact arithmetic and so the same on every device: t = q - L/2 is a multiple of 1/2,
+t @ S sums at most blk of them (|sum| <= 4096 * 127.5 < 2^20, a multiple of 1/2: exact in
+fp32 in any order, also as TF32), then one fp32 multiply by f = scale * fp32(2 / (L * sqrt(blk))) (itself
 one multiply), the sign, one cast. Encode's rotation is an fp32 matmul, whose rounding is the
 BLAS's: on another device a value that falls within an ulp of a rounding boundary may get the
 neighbouring code (both ends still decode that payload identically).
@@ -124,8 +124,8 @@ class HQuantCodec(Codec):
         nb = dp // blk
         scale = _as_dtype(payload[: 2 * rows * nb], torch.bfloat16).float().view(rows * nb, 1)
         q = unpack_bits(payload[2 * rows * nb:], self.bits, rows * dp).view(rows * nb, blk)
-        t = q.float().mul_(2).sub_(self.levels)  # 2q - L: integers, |t| <= L
-        z = t @ self._sylvester(blk, payload.device)  # exact integer sums
-        f = scale.mul_(float(torch.tensor(1 / (self.levels * math.sqrt(blk)), dtype=torch.float32)))
+        t = q.float().sub_(self.levels / 2)  # q - L/2: multiples of 1/2, |t| <= L/2
+        z = t @ self._sylvester(blk, payload.device)  # exact sums of halves
+        f = scale.mul_(float(torch.tensor(2 / (self.levels * math.sqrt(blk)), dtype=torch.float32)))
         x = z.mul_(f).view(rows, dp).mul_(self.signs(dp, seed, payload.device))[:, :d]
         return x.to(dtype).reshape(shape)
