@@ -13,7 +13,7 @@ from tests.test_shared_random import py_hash, py_rounding
 SPECS = ["identity", "cast:bf16", "cast:fp16", "topk:0.1", "topk:0.01", "topk:1", "randk:0.1",
          "randk:0.3:scale", "quant:8", "quant:4", "quant:2", "quant:4:sr", "topk:0.05:q8", "topk:0.1:q4",
          "topk:1:q2", "randk:0.1:q8", "randk:0.3:scale:q2"]
-SHAPES = [(70001,), (1, 7, 33), (2, 65536), (3, 65537), (1, 16, 24)]
+SHAPES = [(70001,), (1, 7, 33), (2, 65536), (3, 65537), (1, 16, 24), (2, 3, 5), (3,)]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -286,3 +286,19 @@ def test_randk_positions_fixed_values():
     assert positions[:6].tolist() == [1, 196, 252, 376, 481, 553]
     key = stream_key(123, RANDK)
     assert positions.tolist() == [100 * j + ((py_hash(j, key) * 100) >> 32) for j in range(1000)]
+
+
+@pytest.mark.parametrize("width", list(range(1, 17)))
+def test_bit_packer_is_one_little_endian_bitstream(width):
+    """Value j sits at bits [j w, (j + 1) w) of the stream, lowest bit first (built here bit by
+    bit in Python), for every width the codecs use; uint8 and int64 inputs alike."""
+    from megaclap.compression.bitpack import pack_bits, unpack_bits
+    g = torch.Generator().manual_seed(width)
+    values = torch.randint(0, 2 ** width, (37,), generator=g)
+    stream = [(v >> b) & 1 for v in values.tolist() for b in range(width)]
+    stream += [0] * (-len(stream) % 8)
+    want = [sum(stream[8 * i + b] << b for b in range(8)) for i in range(len(stream) // 8)]
+    for given in ([values, values.to(torch.uint8)] if width <= 8 else [values]):
+        packed = pack_bits(given, width)
+        assert packed.tolist() == want
+        assert unpack_bits(packed, width, 37).long().tolist() == values.tolist()

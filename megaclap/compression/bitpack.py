@@ -26,10 +26,11 @@ def pack_bits(values: torch.Tensor, width: int, out: torch.Tensor = None) -> tor
         out = torch.empty(nbytes, dtype=torch.uint8, device=values.device)
     if width == 8:
         out.copy_(values)
-    elif width == 16:
-        out.view(torch.int16).copy_(values.to(torch.int32).bitwise_and_(0xFFFF).to(torch.int16))
+    elif width == 16:  # v - 65536 for v >= 32768: the same low 16 bits, in int16's range
+        signed = values.to(torch.int32).bitwise_and_(0xFFFF).bitwise_xor_(0x8000).sub_(0x8000)
+        out.view(torch.int16).copy_(signed)
     elif 8 % width == 0:
-        _pack_small(values, width, out)
+        _pack_small(values.to(torch.uint8), width, out)
     elif width == 3:
         _pack3(values, out)
     else:
