@@ -242,12 +242,19 @@ def test_topk_ties_go_to_the_lowest_index_in_ascending_order(dtype):
     assert torch.isnan(y[17]) and int((y != 0).sum()) == codec.num_kept(n)
 
 
+def _student_t(n: int, seed: int) -> torch.Tensor:
+    """Heavy tails: Student-t with 2 degrees of freedom (infinite variance)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g) / (torch.randn(n, 2, generator=g).pow(2).sum(-1) / 2).sqrt()
+
+
+@pytest.mark.parametrize("heavy", [False, True])
 @pytest.mark.parametrize("spec", ["topk:0.2:q8", "topk:0.2:q4", "randk:0.2:q8", "randk:0.2:q2"])
-def test_sparse_quantised_values_within_half_a_step_of_their_chunk(spec):
+def test_sparse_quantised_values_within_half_a_step_of_their_chunk(spec, heavy):
     """Values sit at the unquantised codec's positions, each off by at most half a step of its
     chunk's absmax scale (the two chunks' values differ 100x in size: a shared scale fails)."""
     torch.manual_seed(3)
-    x = torch.randn(CHUNK + 9000)
+    x = _student_t(CHUNK + 9000, 3) if heavy else torch.randn(CHUNK + 9000)
     x[CHUNK:] *= 100.0  # the second chunk's scale is 100x the first's
     bits = int(spec.split(":q")[1])
     plain = parse_codec(spec.split(":q")[0])
@@ -302,3 +309,16 @@ def test_bit_packer_is_one_little_endian_bitstream(width):
         packed = pack_bits(given, width)
         assert packed.tolist() == want
         assert unpack_bits(packed, width, 37).long().tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("spec", ["topk:0.05:q8", "randk:0.1:scale:q4", "quant:2:sr", "hquant:1", "hquant:1:sr",
+                                  "hquant:3:16:sr", "lowrank:4", "lowrank:4:warm"])
+def test_the_receiver_decodes_what_the_sender_decodes(spec):
+    """A receiver is another codec object with only the payload and the seed: its decode equals
+    the sender's, bit for bit, on Gaussian and heavy-tailed messages."""
+    for x in (torch.randn(4, 33, 40), _student_t(4 * 33 * 40, 1).view(4, 33, 40)):
+        sender, receiver = parse_codec(spec), parse_codec(spec)
+        payload = sender.encode(x, seed=31)
+        mine = sender.decode(payload, x.shape, x.dtype, seed=31)
+        assert torch.equal(receiver.decode(payload.clone(), x.shape, x.dtype, seed=31), mine)
+        assert bool(mine.isfinite().all())

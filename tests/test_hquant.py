@@ -202,3 +202,13 @@ def test_one_bit_stochastic_is_unbiased():
         means[spec] = float((acc / 400 - x).norm() / x.norm())
     assert means["hquant:1:sr"] < 0.2, means  # ~2.5 / sqrt(400) = 0.125 expected
     assert means["hquant:1"] > 0.3, means  # ~1 - 2/pi = 0.36
+
+
+@pytest.mark.parametrize("make", [torch.randn, outliers, heavy_tailed])
+def test_one_bit_error_never_exceeds_the_message(make):
+    """Sign times the least-squares scale is a projection: ||x_hat - x|| <= ||x|| whatever the
+    tails (up to the bf16 rounding of the scale)."""
+    x = make((4, 32, 128))
+    codec = parse_codec("hquant:1")
+    y = codec.decode(codec.encode(x, seed=2), x.shape, x.dtype, seed=2)
+    assert float((y - x).norm()) <= 1.01 * float(x.norm())
