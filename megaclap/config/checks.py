@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from . import compression as compression_rules
 from .errors import ConfigError, check
 from .flags import flag_name
 from .megatron import check_megatron_args
@@ -72,6 +73,13 @@ def _check_batches(cfg, dp: int) -> None:
 def _check_precision(cfg) -> None:
     check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
     check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
+    if cfg.optim.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
+        c = cfg.compression
+        try:
+            compression_rules.check_fp16_recovery(c.method, c.bwd_method, c.fwd_codec, c.bwd_codec,
+                                                  c.clapping_fc_init)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_positive_sizes(cfg) -> None:

@@ -37,11 +37,14 @@ class GlobalBatch:
     fresh: False when lazy sampling repeats the previous global batch exactly.
     sample_ids: LongTensor [B/dp], global ids within the split.
     tokens: LongTensor [B/dp, seq_length + 1], or None when tokens are not loaded.
+    drawn_step: the step that drew this batch (the current step when fresh, else the fresh step
+    it repeats); with the sample ids it decides the dropout masks (megaclap/model/dropout.py).
     """
 
     fresh: bool
     sample_ids: torch.Tensor
     tokens: torch.Tensor = None
+    drawn_step: int = 0
 
     def microbatches(self, micro_batch_size):
         """[(tokens [mbs, s+1] | None, sample_ids [mbs])] in order."""
@@ -69,14 +72,15 @@ class BatchSource:
         """This rank's GlobalBatch for the next step (of `global_batch_size` samples over all
         ranks, default the sampler's; set by batch-size ramp-up); DataExhausted at the end."""
         ids, fresh = self.sampler.next(global_batch_size)
+        drawn = self.sampler.drawn
         if not fresh and self._last is not None:
-            return GlobalBatch(False, self._last.sample_ids, self._last.tokens)
+            return GlobalBatch(False, self._last.sample_ids, self._last.tokens, drawn)
         per_rank = len(ids) // self.dp_size
         local = ids[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]   # [B/dp]
         tokens = None
         if self.load_tokens:
             tokens = torch.from_numpy(self.dataset.get_batch(local))         # [B/dp, s+1]
-        self._last = GlobalBatch(fresh, torch.from_numpy(local + self.id_offset), tokens)
+        self._last = GlobalBatch(fresh, torch.from_numpy(local + self.id_offset), tokens, drawn)
         return self._last
 
     @property
@@ -110,7 +114,7 @@ def _initial_state(sampler):
     base = sampler.base.state_dict()
     zero = {k: (torch.zeros(0, dtype=torch.int64) if k == "buffer" else 0)
             for k in base if k != "kind"}
-    return {"step": 0, "last_ids": None, "base": {"kind": base["kind"], **zero}}
+    return {"step": 0, "last_ids": None, "drawn": 0, "base": {"kind": base["kind"], **zero}}
 
 
 @dataclass
