@@ -36,24 +36,13 @@ import torch
 from megaclap.config.compression import validate_compression
 
 from .codecs import Codec, _as_dtype, _bytes, parse_codec
+from .shared_random import step_seed
 from .store import AqsgdStore
 
 _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
-_MASK64 = (1 << 64) - 1
 
 __all__ = ["AqsgdStore", "Channel", "ChannelStats", "step_seed"]
-
-
-def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:
-    """Codec seed for one send, derived alike on both ends (splitmix64 of the five fields)."""
-    z = 0
-    for v in (seed, step, boundary, _DIRECTIONS[direction], slot):
-        z = (z ^ (v & _MASK64)) * 0x9E3779B97F4A7C15 & _MASK64
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
-        z ^= z >> 31
-    return z >> 1  # 63 bits, valid for torch.Generator.manual_seed
 
 
 @dataclass
@@ -138,9 +127,10 @@ class Channel:
         self.raw_nbytes = _numel(self.shape) * _itemsize(dtype)
         self.m = None  # reference, [*shape] (ef21 / clapping-*)
         self.e = None  # error-feedback residual, [*shape] (ef, sender only)
+        self.factors = {}  # codec spec -> last Q [D, r] of a warm-started lowrank codec (both ends)
         self.stats = ChannelStats()
         self._buffer = None
-        self._saved = None  # (m, e) as of the last commit(), while this step changed them
+        self._saved = None  # (m, e, factors) as of the last commit(), while this step changes them
         self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
         self._finite = None  # 0-dim fp32: 0 while every checked value was finite, else NaN
 
@@ -180,6 +170,7 @@ class Channel:
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
         payload = self._encode(x, seed, fresh, sample_ids)
         if self.method == "direct" and not measure:
+            self._keep_factor(self.codec, payload, self.shape)
             self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), None)
             self._check(x)
             return payload
@@ -211,7 +202,8 @@ class Channel:
     @property
     def ref_memory_bytes(self) -> int:
         """Bytes of state this endpoint holds (m or e; the AQ-SGD store is counted on slot 0)."""
-        own = sum(t.numel() * t.element_size() for t in (self.m, self.e) if t is not None)
+        own = sum(t.numel() * t.element_size() for t in (self.m, self.e, *self.factors.values())
+                  if t is not None)
         return own + (self.store.nbytes if self.method == "aqsgd" and self.slot == 0 else 0)
 
     # ---------------------------------------------------------------- the shared state machine
@@ -237,12 +229,12 @@ class Channel:
         if self.lossless or (self.fresh_raw and fresh):
             return _bytes(x)
         if self.method == "direct":
-            return self.codec.encode(x, seed)
+            return self._codec_encode(self.codec, x, seed)
         if self.method == "ef":
-            return self.codec.encode(x if self.e is None else x + self.e, seed)
+            return self._codec_encode(self.codec, x if self.e is None else x + self.e, seed)
         if self.method == "aqsgd":
             return self._encode_aqsgd(x, seed, sample_ids)
-        return self._step_codec(fresh).encode(x - self._ref(), seed)  # ef21, clapping-fc, clapping-fu
+        return self._codec_encode(self._step_codec(fresh), x - self._ref(), seed)  # ef21, clapping-*
 
     def _advance(self, payload: torch.Tensor, seed: int, fresh: bool, sample_ids) -> torch.Tensor:
         """Both ends: decode the payload, update the reference, return what the receiver uses."""
@@ -255,11 +247,27 @@ class Channel:
             if self.method in _REFERENCE:
                 self.m = x_hat
             return x_hat.detach()
-        c = self._step_codec(fresh).decode(payload, self.shape, self.dtype, seed)
+        c = self._codec_decode(self._step_codec(fresh), payload, self.shape, seed)
         if self.method in ("direct", "ef"):
             return c
         self.m = c if self.m is None else self.m + c  # out of place: returned tensors never change
         return self.m.detach()
+
+    def _codec_encode(self, codec, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """codec.encode, warm-started from this channel's last factor for `lowrank:R:warm`."""
+        if getattr(codec, "warm", False):
+            return codec.encode(x, seed, start=self.factors.get(codec.spec))
+        return codec.encode(x, seed)
+
+    def _codec_decode(self, codec, payload: torch.Tensor, shape, seed: int) -> torch.Tensor:
+        self._keep_factor(codec, payload, shape)
+        return codec.decode(payload, shape, self.dtype, seed)
+
+    def _keep_factor(self, codec, payload: torch.Tensor, shape) -> None:
+        """Both ends: a warm lowrank payload's Q becomes the next start (a new dict: the copy
+        kept for rollback stays as it was)."""
+        if getattr(codec, "warm", False):
+            self.factors = {**self.factors, codec.spec: codec.factors(payload, shape, self.dtype)[1]}
 
     # ---------------------------------------------------------------- aqsgd
     def _split_rows(self, sample_ids):
@@ -278,7 +286,8 @@ class Channel:
         if new.any():
             parts.append(_bytes(xb[new.to(x.device)]))
         if (~new).any():
-            parts.append(self.codec.encode(xb[(~new).to(x.device)] - self.store.read(rows[~new]), seed))
+            delta = xb[(~new).to(x.device)] - self.store.read(rows[~new])
+            parts.append(self._codec_encode(self.codec, delta, seed))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _advance_aqsgd(self, payload: torch.Tensor, seed: int, sample_ids) -> torch.Tensor:
@@ -295,7 +304,7 @@ class Channel:
                 out[new.to(self.device)] = raw
             if old.any():
                 shape = (len(ids) - n_new, *self.row_shape)
-                c = self.codec.decode(payload[cut:], shape, self.dtype, seed)
+                c = self._codec_decode(self.codec, payload[cut:], shape, seed)
                 out[old.to(self.device)] = self.store.read(rows[old]) + c
         self.store.write(self.store.insert(ids), out)
         return out.movedim(0, self.batch_dim)
@@ -322,27 +331,29 @@ class Channel:
 
     # ---------------------------------------------------------------- step commit / rollback
     def _remember(self) -> None:
-        """Keep the committed (m, e) before this step's first change. m and e are always
-        replaced, never updated in place, so keeping the old tensors is the whole snapshot."""
+        """Keep the committed (m, e, factors) before this step's first change. They are always
+        replaced, never updated in place, so keeping the old objects is the whole snapshot."""
         if self.undo and self._saved is None:
-            self._saved = (self.m, self.e)
+            self._saved = (self.m, self.e, self.factors)
 
     def commit(self) -> None:
         """The step's changes stand (the optimizer stepped). The AQ-SGD store commits separately."""
         self._saved = None
 
     def rollback(self) -> None:
-        """Undo every change to m and e since the last commit() (the optimizer skipped the step,
-        e.g. on an fp16 overflow). Both ends call it on the same steps, so they stay identical."""
+        """Undo every change to m, e and factors since the last commit() (the optimizer skipped
+        the step, e.g. on an fp16 overflow). Both ends call it on the same steps: they stay equal."""
         if self._saved is not None:
-            self.m, self.e = self._saved
+            self.m, self.e, self.factors = self._saved
             self._saved = None
             self.stats.ref_memory_bytes = self.ref_memory_bytes
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        """References and residuals (the AQ-SGD store is saved through its own state_dict)."""
-        return {"method": self.method, "codec": self.codec.spec, "m": self.m, "e": self.e}
+        """References, residuals and warm lowrank factors (the AQ-SGD store is saved through
+        its own state_dict)."""
+        return {"method": self.method, "codec": self.codec.spec, "m": self.m, "e": self.e,
+                "factors": dict(self.factors)}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["method"] != self.method:
@@ -350,6 +361,7 @@ class Channel:
                              f"this run uses {self.method!r} (--pp-compression-method)")
         self.m = None if sd["m"] is None else sd["m"].to(self.device, self.dtype).clone()
         self.e = None if sd["e"] is None else sd["e"].to(self.device, self.dtype).clone()
+        self.factors = {k: v.to(self.device).clone() for k, v in sd.get("factors", {}).items()}
         self._saved = None
 
     def _name(self) -> str:

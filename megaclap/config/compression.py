@@ -80,8 +80,9 @@ class CompressionConfig:
     method, except aqsgd whose backward is direct (see `effective_bwd_method`)."""
 
     fwd_codec: str = field(default="identity", metadata={"flag": "--pp-fwd-codec", "metavar": "CODEC"})
-    """--pp-fwd-codec: codec for activations: identity, cast:bf16|fp16, topk:R, randk:R[:scale],
-    quant:B[:sr], hquant:B[:block][:sr] (0<R<=1; quant B in 2,4,8; hquant B in 2,3,4,8)."""
+    """--pp-fwd-codec: codec for activations: identity, cast:bf16|fp16, topk:R[:qB],
+    randk:R[:scale][:qB], quant:B[:sr], hquant:B[:block][:sr], lowrank:R[:warm] (0<R<=1;
+    quant and qB: B in 2,4,8; hquant B in 1,2,3,4,8; lowrank an integer rank)."""
 
     bwd_codec: str = field(default="identity", metadata={"flag": "--pp-bwd-codec", "metavar": "CODEC"})
     """--pp-bwd-codec: codec for activation gradients (same choices); usually milder than the forward one."""
