@@ -118,7 +118,8 @@ def report(exc: BaseException, rank: int = 0, verbose: bool = False) -> int:
         known = UserError(f"{exc}; free space or fix the permissions there")
         known.__cause__ = exc
         exc = known
-    exc = peer_failure(exc) or exc
+    if not isinstance(exc, UserError):  # PeerTimeout (a UserError) already names the stage and the peer
+        exc = peer_failure(exc) or exc
     if not isinstance(exc, UserError):
         if _peer_reported(store):
             traceback_file(exc, rank)

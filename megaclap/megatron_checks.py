@@ -84,10 +84,10 @@ def _check_warmup(cfg) -> None:
     value = {"--lr-warmup-fraction": o.lr_warmup_fraction, "--lr-warmup-samples": o.lr_warmup_samples,
              "--lr-warmup-iters": o.lr_warmup_iters}[flag]
     run = t.train_samples if t.train_samples is not None else t.train_iters * t.global_batch_size
-    _check(warmup < decay, f"{flag} {value} does not end before the LR decay horizon ({decay:g} samples, "
-           "--lr-decay-iters/-samples, default the run's length); shorten the warmup")
     _check(warmup < run, f"{flag} {value} is not shorter than the run ({run:g} samples, --train-iters/-samples): "
            "the learning rate would never reach --lr; shorten the warmup")
+    _check(warmup < decay, f"{flag} {value} does not end before the LR decay horizon ({decay:g} samples, "
+           "--lr-decay-iters/-samples); shorten the warmup or lengthen the decay")
 
 
 def check_megatron_args(cfg, tp: int, pp: int, dp: int) -> None:

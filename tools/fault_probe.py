@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the table as JSON here")
     args = p.parse_args(argv)
     from tools.fault_probe_cases import CASES
+    import tools.fault_probe_faults  # noqa: F401  (registers item 10's cases)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fault-probe-") as scratch:
         probe = Probe(args.tree, scratch)

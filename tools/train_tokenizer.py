@@ -31,8 +31,12 @@ _BUILDERS = {"jsonl": "json", "txt": "text", "parquet": "parquet"}
 
 def iter_documents(files, keys):
     """Texts of `keys` from every file, streamed with `datasets` (no full download/load)."""
+    import logging
+
     from datasets import load_dataset
 
+    # its JSON reader logs each parse failure before raising it; we report it once, in one line
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     for path in files:
         fmt = file_format(path)
         extra = {"sample_by": "paragraph"} if fmt == "txt" else {}

@@ -224,7 +224,8 @@ def save_file(obj, path: str) -> None:
     try:
         torch.save(obj, path)
     except (OSError, RuntimeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            f"torch's writer failed, usually a full disk ({str(e).strip().splitlines()[0]})"
         raise CheckpointError(f"cannot write {path}: {reason} ({_free_space(path)}); free space there or point "
                               "--save at another directory (the previous checkpoint is intact)") from e
 

@@ -32,13 +32,17 @@ def _model_pairs(old, new, tp: int, recorded: dict) -> list:
     """(flag, checkpoint's value, this run's value) of everything the weights depend on."""
     pairs = [("--num-layers", old.num_layers, new.num_layers), ("--hidden-size", old.hidden_size, new.hidden_size),
              ("--num-attention-heads", old.num_attention_heads, new.num_attention_heads),
-             ("--ffn-hidden-size", old.ffn, new.ffn), ("--num-query-groups", old.query_groups, new.query_groups),
+             ("--group-query-attention", old.group_query_attention, new.group_query_attention),
              ("--vocab-size", old.vocab_size, new.vocab_size),
              ("--position-embedding-type", old.position_embedding_type, new.position_embedding_type),
              ("--normalization", old.normalization, new.normalization), ("--swiglu", old.swiglu, new.swiglu),
              ("--untie-embeddings-and-output-weights", old.untie_embeddings_and_output_weights,
               new.untie_embeddings_and_output_weights),
              ("--disable-bias-linear", old.disable_bias_linear, new.disable_bias_linear)]
+    if old.hidden_size == new.hidden_size or old.ffn_hidden_size or new.ffn_hidden_size:  # else it follows h
+        pairs.append(("--ffn-hidden-size", old.ffn, new.ffn))
+    if old.group_query_attention or new.group_query_attention:  # else the groups follow the heads
+        pairs.append(("--num-query-groups", old.query_groups, new.query_groups))
     if "openai_gelu" in recorded:  # checkpoints from before the flag existed used exact GELU
         pairs.append(("--openai-gelu", old.openai_gelu, new.openai_gelu))
     if new.position_embedding_type == "learned_absolute":
