@@ -146,7 +146,7 @@ HQUANT_SPECS = ["quant:8", "hquant:8", "quant:4", "hquant:4", "hquant:3", "quant
 
 def boundary_tensors(data_args: list, steps: int) -> tuple:
     """(activation, gradient) [8, 128, 128] at the middle of a 4-layer GPT after `steps` steps."""
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.state import ParallelState
     from megaclap.training.trainer import Trainer
     argv = ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from megaclap.parallel.simlink import parse_latency
+from megaclap.config.units import parse_latency
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer
 

@@ -215,7 +215,7 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from megaclap.parallel.simlink import parse_bandwidth
+    from megaclap.config.units import parse_bandwidth
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in result["rows"]:
         pts = sorted((parse_bandwidth(bw) / 1e6, t) for bw, t in r.get("sweep", {}).items() if t is not None)

@@ -140,7 +140,7 @@ def test_a_real_full_disk_during_save_is_one_line_and_keeps_the_last_checkpoint(
         assert fmt.read_tracker(ckpt) == 1
         fmt.load_file(fmt.shard_path(ckpt, 1, 0, 0, 1))  # the last good checkpoint still loads
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazy: even if a file stayed open
 
 
 @pytest.mark.parametrize("flag", ["--save", "--data-cache-path", "--tensorboard-dir"])
@@ -164,7 +164,7 @@ def test_a_read_only_save_directory_is_refused_at_start_up(tmp_path, capsys):
         lines = _error_lines(capsys.readouterr().err)
         assert len(lines) == 1 and "Read-only file system" in lines[0] and "--save" in lines[0], lines
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_a_gloo_peer_failure_is_a_known_error():

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.config import ConfigError
 from tests.convert_utils import tool
 from tests.train_utils import tiny_args

@@ -79,7 +79,7 @@ def test_train_loop_history_and_log_line_match_per_step_values():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_non_logging_step_raises_no_sync_error():
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.state import ParallelState
     from megaclap.training.trainer import Trainer
     cfg = parse_args(tiny_args(layers=2, extra=["--bf16"])).validate(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.model.gpt import GPTStage
 from megaclap.model.init import init_stage
 

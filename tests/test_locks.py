@@ -84,7 +84,7 @@ def test_the_lock_of_a_killed_owner_does_not_outlive_it(tmp_path):
 
 
 def _claim_worker(rank, world, save):
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.state import ParallelState
     from megaclap.training.preflight import claim_outputs
     cfg = parse_args(tiny_args(layers=2, extra=["--save", save])).validate(world)

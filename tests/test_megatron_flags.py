@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megaclap.arguments import ALL_SECTIONS, build_parser, parse_args
-from megaclap.config import ConfigError, ModelConfig
-from megaclap.flags import flag_name, help_text
-from megaclap.habit_flags import MISSING, NO_EFFECT, habit_notes
+from megaclap.config import ConfigError, ModelConfig, build_parser, parse_args
+from megaclap.config.arguments import ALL_SECTIONS
+from megaclap.config.flags import flag_name, help_text
+from megaclap.config.habit_flags import MISSING, NO_EFFECT, habit_notes
 from megaclap.training.optimizer import LossScaler
 from tests.dist import run_ranks
 

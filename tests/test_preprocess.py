@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from megaclap.data import DataConfig, build_data_sources
+from megaclap.config import DataConfig
+from megaclap.data import build_data_sources
 from megaclap.data.indexed_dataset import IndexedDataset
 from megaclap.data.tokenizers import build_tokenizer
 from tools import preprocess_data, train_tokenizer

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from megaclap.config import ConfigError
-from megaclap.parallel.simlink import SimLink, parse_bandwidth, parse_latency
+from megaclap.config.units import parse_bandwidth, parse_latency
+from megaclap.parallel.simlink import SimLink
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer, tiny_args
 
@@ -21,7 +22,7 @@ def test_parse_units():
 
 
 def test_bad_flag_is_a_config_error():
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     with pytest.raises(ConfigError, match="--sim-link-bandwidth"):
         parse_args(tiny_args(extra=["--sim-link-bandwidth", "quick"]))
 

@@ -90,7 +90,7 @@ def test_preprocess_with_gpt2_bpe_flags(bpe_files, tmp_path):
 
 
 def test_training_flags_take_vocab_from_gpt2_bpe_and_null(bpe_files):
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.training.pretrain import resolve_vocab_size
 
     model = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",

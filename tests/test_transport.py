@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megaclap.compression.config import CompressionConfig
+from megaclap.config import CompressionConfig
 from megaclap.parallel.p2p import P2P, StepInfo
 from megaclap.parallel.schedules import Microbatch, ScheduleStats, _Comm, _gpipe, _one_f_one_b, forward_backward
 from megaclap.parallel.simlink import SimLink
@@ -585,7 +585,7 @@ def test_tp_split_identity_codec_bit_identical_under_every_method(tp2pp2):
 
 
 def test_seq_length_must_divide_by_tp_with_a_pipeline():
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.config import ConfigError
     argv = _tp_args(2, ["--seq-length", "15", "--max-position-embeddings", "16"])
     with pytest.raises(ConfigError, match="--seq-length 15 is not divisible by --tensor-model-parallel-size 2"):

@@ -10,7 +10,7 @@ import pytest
 
 from megaclap.data import build_data_sources
 from megaclap.data.builder import token_id_range
-from megaclap.data.config import DataConfig
+from megaclap.config import DataConfig
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer, tiny_args

@@ -31,7 +31,7 @@ def full_disk_during_save(probe, tmp):
             if os.path.isfile(os.path.join(save, "latest_checkpointed_iteration.txt")) else None
         seeds = shard_seeds(save)
     finally:
-        subprocess.run(["umount", disk], check=False)
+        subprocess.run(["umount", "-l", disk], check=False)
     if tracker is None or seeds.get(int(tracker)) != 3:
         return "data loss", f"tracker {tracker}, loadable iterations {seeds}: " + error_line(res["out"])
     return refused(res, "space|--save")

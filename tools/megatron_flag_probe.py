@@ -8,7 +8,7 @@ examples/llama/train_llama3_8b_h100_fp8.sh (NVIDIA/Megatron-LM@d98e8a64dd) plus 
 users' scripts. Each is parsed alone with a sample value; classes:
     rejected      argparse does not know the flag
     implemented   a config field
-    no effect     accepted and reported at start-up (megaclap/habit_flags.py NO_EFFECT)
+    no effect     accepted and reported at start-up (megaclap/config/habit_flags.py NO_EFFECT)
     missing       accepted, an error that says so unless at Megatron's own no-op value (MISSING)
 """
 from __future__ import annotations
@@ -84,10 +84,7 @@ PROBE = {**FROM_EXAMPLES, **COMMON}
 
 
 def classify(flag: str, value, parser) -> str:
-    try:
-        from megaclap.habit_flags import MISSING, NO_EFFECT
-    except ImportError:   # a megaclap from before the habit-flag list (to measure the "before" count)
-        MISSING = NO_EFFECT = {}
+    from megaclap.config.habit_flags import MISSING, NO_EFFECT
     argv = [flag] + ([] if value is None else value if isinstance(value, list) else [value])
     with contextlib.redirect_stderr(io.StringIO()):
         try:
@@ -100,7 +97,7 @@ def classify(flag: str, value, parser) -> str:
 
 
 def main(argv=None) -> int:
-    from megaclap.arguments import build_parser
+    from megaclap.config import build_parser
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)

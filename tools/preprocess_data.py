@@ -39,10 +39,11 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megaclap.config.data import TOKENIZER_TYPES  # noqa: E402
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder, best_dtype  # noqa: E402
 from megaclap.data.text_readers import (InputError, expand_inputs, iter_chunks, record_texts,  # noqa: E402
                                         select_partition, split_sentences)
-from megaclap.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megaclap.data.tokenizers import build_tokenizer  # noqa: E402
 from megaclap.errors import run_tool  # noqa: E402
 from megaclap.locks import lock_prefix  # noqa: E402
 

@@ -20,10 +20,10 @@ import torch
 
 from megaclap.checkpoint.keymaps import VOCAB_PARAMS, ConversionError, pad_vocab, unpad_vocab
 from megaclap.config import MegaclapConfig, ModelConfig, ParallelConfig
+from megaclap.config.parallel import layer_ranges
 from megaclap.locks import lock_dir
 from megaclap.model.gpt import GPTStage
 from megaclap.model.init import shard
-from megaclap.model.stages import layer_ranges
 from megaclap.parallel.state import GroupInfo
 from megaclap.checkpoint import format as fmt
 from megaclap.checkpoint.format import (MODEL_FILE, TRACKER, CheckpointError, iter_dir, rank_dir,  # noqa: F401

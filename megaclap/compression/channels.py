@@ -31,49 +31,16 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclap.config.compression import validate_compression
+
 from .codecs import Codec, _as_dtype, _bytes, parse_codec
 from .store import AqsgdStore
 
-METHODS = ("none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu")
-FC_INITS = ("zero", "previous")
 _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
 _MASK64 = (1 << 64) - 1
 
-__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "default_bwd_method",
-           "step_seed", "validate_compression"]
-
-
-def default_bwd_method(fwd_method: str) -> str:
-    """Backward method when none is given: AQ-SGD's original backward is `direct`."""
-    return "direct" if fwd_method == "aqsgd" else fwd_method
-
-
-def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identity",
-                         bwd_codec: str = "identity", fc_init: str = "zero", fresh_codec=None) -> None:
-    """Raise ValueError (one line, naming the flag) for an invalid compression setting."""
-    allowed = ", ".join(METHODS)
-    if method not in METHODS:
-        raise ValueError(f"--pp-compression-method {method!r} is unknown (allowed: {allowed})")
-    if bwd_method is not None and bwd_method not in METHODS:
-        raise ValueError(f"--pp-bwd-compression-method {bwd_method!r} is unknown (allowed: {allowed})")
-    if fc_init not in FC_INITS:
-        raise ValueError(f"--clapping-fc-init {fc_init!r} is unknown (allowed: {', '.join(FC_INITS)})")
-    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
-    for meth, spec, flag, mflag in ((method, fwd_codec, "--pp-fwd-codec", "--pp-compression-method"),
-                                    (bwd, bwd_codec, "--pp-bwd-codec", "--pp-bwd-compression-method")):
-        codec = parse_codec(spec, flag)
-        if meth == "none" and codec.spec != "identity":
-            raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
-                             f"pick a method such as direct or clapping-fu, or use {flag} identity")
-    if fresh_codec is not None:
-        parse_codec(fresh_codec, "--clapping-fresh-codec")
-        if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
-            raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
-                             "--pp-bwd-compression-method) clapping-fu or clapping-fc")
-        if "clapping-fc" in (method, bwd) and fc_init != "zero":
-            raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
-                             "it needs --clapping-fc-init zero")
+__all__ = ["AqsgdStore", "Channel", "ChannelStats", "step_seed"]
 
 
 def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:

@@ -24,12 +24,12 @@ import math
 
 import torch
 
+from megaclap.config.codec_spec import parse_codec_spec
+
 from .base import Codec, _as_dtype, _bytes, _generator, _numel
-from .hquant import parse_hquant
+from .hquant import HQuantCodec
 
 CHUNK = 65536
-CODEC_HELP = ("identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8), "
-              "hquant:B[:block][:sr] (B in 2,3,4,8; megaclap/compression/hquant.py)")
 _CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -261,32 +261,18 @@ class QuantCodec(Codec):
         return cols.bitwise_and_(mask).view(-1)[:n]  # [n] uint8, a fresh tensor
 
 
-def _parse_ratio(text: str, spec: str, flag: str) -> float:
-    try:
-        ratio = float(text)
-    except ValueError:
-        ratio = float("nan")
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"{flag} {spec!r}: the ratio R must satisfy 0 < R <= 1 (allowed: {CODEC_HELP})")
-    return ratio
-
-
 def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec:
-    """Parse a codec spec string; raise ValueError naming `flag` and the allowed values."""
-    parts = str(spec).strip().lower().split(":")
-    name, args = parts[0], parts[1:]
-    if name == "identity" and not args:
+    """Build the codec a spec string names; raise ValueError naming `flag` and the allowed values
+    (the grammar is megaclap/config/codec_spec.py)."""
+    parsed = parse_codec_spec(spec, flag)
+    if parsed.name == "identity":
         return IdentityCodec()
-    if name == "cast" and len(args) == 1 and args[0] in _CASTS:
-        return CastCodec(args[0])
-    if name == "topk" and len(args) == 1:
-        return TopKCodec(_parse_ratio(args[0], spec, flag), spec)
-    if name == "randk" and len(args) in (1, 2) and args[1:] in ([], ["scale"]):
-        return RandKCodec(_parse_ratio(args[0], spec, flag), len(args) == 2, spec)
-    if name == "quant" and len(args) in (1, 2) and args[1:] in ([], ["sr"]):
-        if args[0] not in ("2", "4", "8"):
-            raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
-        return QuantCodec(int(args[0]), len(args) == 2, spec)
-    if name == "hquant":
-        return parse_hquant(spec, args, flag, CODEC_HELP)
-    raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")
+    if parsed.name == "cast":
+        return CastCodec(parsed.target)
+    if parsed.name == "topk":
+        return TopKCodec(parsed.ratio, spec)
+    if parsed.name == "randk":
+        return RandKCodec(parsed.ratio, parsed.scale, spec)
+    if parsed.name == "quant":
+        return QuantCodec(parsed.bits, parsed.stochastic, spec)
+    return HQuantCodec(parsed.bits, parsed.block, parsed.stochastic, str(spec).strip().lower())

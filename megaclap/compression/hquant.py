@@ -31,8 +31,6 @@ import torch
 
 from .base import Codec, _as_dtype, _bytes, _generator
 
-HQUANT_BITS = (2, 3, 4, 8)
-DEFAULT_BLOCK = 64
 _NOISE_SALT = 0x5DEECE66D  # the rounding noise's generator: seed ^ salt, never the signs' seed
 
 
@@ -165,20 +163,3 @@ class HQuantCodec(Codec):
         y = (xf * self.signs(dp, seed, x.device)).view(-1, blk) @ self._hadamard(blk, x.device)
         scale = (y.abs().amax(dim=1) * (1 + 2 ** -7)).to(torch.bfloat16).float()
         return float(torch.sqrt((blk * (scale / self.levels) ** 2).sum()))
-
-
-def parse_hquant(spec: str, args: list, flag: str, help_text: str) -> HQuantCodec:
-    """hquant:B[:block][:sr] -> HQuantCodec; ValueError naming `flag` otherwise."""
-    def bad(why):
-        return ValueError(f"{flag} {spec!r}: {why} (allowed: {help_text})")
-    if not args or args[0] not in {str(b) for b in HQUANT_BITS}:
-        raise bad("hquant bits B must be 2, 3, 4 or 8")
-    rest, stochastic = list(args[1:]), False
-    if rest and rest[-1] == "sr":
-        rest, stochastic = rest[:-1], True
-    block = DEFAULT_BLOCK
-    if rest:
-        if len(rest) > 1 or not rest[0].isdigit() or int(rest[0]) < 2 or int(rest[0]) & (int(rest[0]) - 1):
-            raise bad("hquant block must be a power of two >= 2, e.g. hquant:4:64 or hquant:4:128:sr")
-        block = int(rest[0])
-    return HQuantCodec(int(args[0]), block, stochastic, str(spec).strip().lower())

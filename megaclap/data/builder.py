@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from megaclap.config.data import parse_data_path, parse_split
 from megaclap.errors import UserFileNotFoundError, UserValueError
 
 from .blended import BlendedDataset, ShardStream
-from .config import parse_data_path
-from .gpt_dataset import MockGPTDataset, build_split_dataset, parse_split
+from .gpt_dataset import MockGPTDataset, build_split_dataset
 from .cache import IndexCache
 from .indexed_dataset import IndexedDataset, bin_path
 from .samplers import (DpShardedEpochSampler, FewEpochSampler, GlobalBatchSampler, LazySchedule,

@@ -22,6 +22,7 @@ Heavy libraries are imported only when the matching tokenizer is built.
 import json
 import os
 
+from megaclap.config.data import TOKENIZER_TYPES
 from megaclap.errors import UserFileNotFoundError, UserValueError
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
@@ -185,10 +186,6 @@ class NullTokenizer:
     def detokenize(self, ids):
         """[3, 1, 4] -> '3 1 4'."""
         return " ".join(str(int(x)) for x in ids)
-
-
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
-                   "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer")
 
 
 def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab_file=None,

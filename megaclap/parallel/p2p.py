@@ -113,7 +113,7 @@ class P2P:
                  link: Optional[SimLink] = None, undo: bool = True):
         """undo: keep what a step changes in Channels and stores until commit(), so rollback()
         can restore it; off when no step can be skipped (no fp16 loss scaler)."""
-        from megaclap.compression.channels import default_bwd_method
+        from megaclap.config.compression import default_bwd_method
         from megaclap.compression.codecs import parse_codec
         self.pstate, self.dtype, self.link, self.undo = pstate, wire_dtype, link, undo
         self.full_shape, self.tp = tuple(shape), pstate.tp_size

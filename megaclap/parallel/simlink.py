@@ -22,37 +22,14 @@ when the payload is ready, not when its kernels were queued.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from megaclap.config import ConfigError
+from megaclap.config.units import parse_bandwidth, parse_latency
 from megaclap.parallel.collectives import max_over_pp
-
-# tc's units: bit, kbit, mbit, gbit are bits/s; bps, kbps, mbps, gbps are bytes/s
-BANDWIDTH_UNITS = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
-                   "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
-LATENCY_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
-
-
-def parse_bandwidth(text, flag: str = "--sim-link-bandwidth") -> float:
-    """'200mbit' -> 2e8 bits/s; a bare number is bits/s. ConfigError names the flag."""
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", str(text).strip().lower())
-    if not m or m.group(2) not in BANDWIDTH_UNITS or float(m.group(1)) <= 0:
-        raise ConfigError(f"{flag} {text!r}: expected a positive rate such as 200mbit, 1gbit, 500kbit "
-                         "or bits/s")
-    return float(m.group(1)) * BANDWIDTH_UNITS[m.group(2)]
-
-
-def parse_latency(text, flag: str = "--sim-link-latency") -> float:
-    """'50ms' -> 0.05 s; '0.05s' and a bare number are seconds. ConfigError names the flag."""
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", str(text).strip().lower())
-    if not m or m.group(2) not in LATENCY_UNITS:
-        raise ConfigError(f"{flag} {text!r}: expected a non-negative delay such as 50ms, 0.05s or seconds")
-    return float(m.group(1)) * LATENCY_UNITS[m.group(2)]
 
 
 @dataclass

@@ -9,8 +9,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megaclap.arguments import parse_args
-from megaclap.config import ConfigError, MegaclapConfig
+from megaclap.config import ConfigError, MegaclapConfig, parse_args
 from megaclap.errors import EXIT_CODE, UserError, report
 
 

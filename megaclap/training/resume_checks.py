@@ -77,7 +77,7 @@ def check_model(saved: dict, cfg, tp: int, root: str) -> None:
 
 def check_split(saved: dict, cfg, root: str) -> None:
     """Resuming on the same --data-path with another --split is refused (with --finetune allowed)."""
-    from megaclap.data.gpt_dataset import parse_split
+    from megaclap.config.data import parse_split
     data, now = saved.get("data") or {}, cfg.data
     if cfg.train.finetune or now.mock_data or "split" not in data or list(data.get("data_path") or []) != now.data_path:
         return
@@ -88,7 +88,7 @@ def check_split(saved: dict, cfg, root: str) -> None:
 
 
 def _methods(compression: dict) -> tuple:
-    from megaclap.compression.channels import default_bwd_method
+    from megaclap.config.compression import default_bwd_method
     method = compression.get("method", "none")
     return method, compression.get("bwd_method") or default_bwd_method(method)
 

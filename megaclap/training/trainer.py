@@ -13,10 +13,12 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from megaclap.config.batch_schedule import build_batch_schedule
+from megaclap.config.megatron import lr_horizons
+from megaclap.config.parallel import layer_ranges
 from megaclap.data import DataExhausted, build_data_sources
 from megaclap.model.gpt import GPTStage
 from megaclap.model.init import init_stage
-from megaclap.model.stages import layer_ranges
 from megaclap.parallel.p2p import P2P, StepInfo, evaluation_compression
 from megaclap.parallel import simlink
 from megaclap.parallel.schedules import Microbatch, forward_backward
@@ -24,8 +26,6 @@ from megaclap.training import telemetry, timers
 from megaclap.training.grads import GradBuffer, clip_grad_norm, unscale_and_check
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
                                        format_validation_line)
-from megaclap.megatron_checks import lr_horizons
-from megaclap.training.batch_schedule import build_batch_schedule
 from megaclap.training.optimizer import LossScaler, LRScheduler, build_optimizer
 
 

@@ -1,11 +1,49 @@
-"""Compression configuration: one dataclass, its validation, and its argparse flags."""
+"""Compression configuration: the methods, one dataclass, its validation, and its argparse flags.
+
+The methods themselves (Channel) are in megaclap/compression/channels.py; codec specs are checked
+by the grammar in codec_spec.py.
+"""
 
 import argparse
 from dataclasses import dataclass, field
 
-from megaclap.flags import add_dataclass_args, from_namespace
+from .codec_spec import parse_codec_spec
+from .flags import add_dataclass_args, from_namespace
 
-from .channels import FC_INITS, METHODS, default_bwd_method, validate_compression
+METHODS = ("none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu")
+FC_INITS = ("zero", "previous")
+
+
+def default_bwd_method(fwd_method: str) -> str:
+    """Backward method when none is given: AQ-SGD's original backward is `direct`."""
+    return "direct" if fwd_method == "aqsgd" else fwd_method
+
+
+def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identity",
+                         bwd_codec: str = "identity", fc_init: str = "zero", fresh_codec=None) -> None:
+    """Raise ValueError (one line, naming the flag) for an invalid compression setting."""
+    allowed = ", ".join(METHODS)
+    if method not in METHODS:
+        raise ValueError(f"--pp-compression-method {method!r} is unknown (allowed: {allowed})")
+    if bwd_method is not None and bwd_method not in METHODS:
+        raise ValueError(f"--pp-bwd-compression-method {bwd_method!r} is unknown (allowed: {allowed})")
+    if fc_init not in FC_INITS:
+        raise ValueError(f"--clapping-fc-init {fc_init!r} is unknown (allowed: {', '.join(FC_INITS)})")
+    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
+    for meth, spec, flag, mflag in ((method, fwd_codec, "--pp-fwd-codec", "--pp-compression-method"),
+                                    (bwd, bwd_codec, "--pp-bwd-codec", "--pp-bwd-compression-method")):
+        codec = parse_codec_spec(spec, flag)
+        if meth == "none" and codec.name != "identity":
+            raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
+                             f"pick a method such as direct or clapping-fu, or use {flag} identity")
+    if fresh_codec is not None:
+        parse_codec_spec(fresh_codec, "--clapping-fresh-codec")
+        if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
+            raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
+                             "--pp-bwd-compression-method) clapping-fu or clapping-fc")
+        if "clapping-fc" in (method, bwd) and fc_init != "zero":
+            raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
+                             "it needs --clapping-fc-init zero")
 
 
 @dataclass

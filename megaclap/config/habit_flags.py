@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .errors import ConfigError
+
 SWITCH, VALUE, VALUES = "switch", "value", "values"   # no value, one value, one or more values
 
 _FUSION = "megaclap runs plain PyTorch ops (no fused kernels to switch)"
@@ -162,7 +164,6 @@ def given_habit_flags(ns: argparse.Namespace) -> dict:
 
 def check_missing_features(given: dict, tp: int, pp: int, dp: int) -> None:
     """Raise ConfigError for a lacking feature asked for at a value where it would act."""
-    from megaclap.config import ConfigError
     for flag, value in given.items():
         if flag in MISSING:
             _, reason, noop = MISSING[flag]

@@ -1,13 +1,13 @@
-"""DataConfig: what to read and how to sample it, with Megatron-LM flag names."""
+"""DataConfig: what to read and how to sample it, with Megatron-LM flag names; the parsers of
+--split and --data-path and the tokenizer names (megaclap/data/ reads the data)."""
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from megaclap.flags import add_dataclass_args, from_namespace
+from .flags import add_dataclass_args, from_namespace
 
-from .gpt_dataset import parse_split
-
-from .tokenizers import TOKENIZER_TYPES
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                   "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer")
 
 
 @dataclass
@@ -44,8 +44,8 @@ class DataConfig:
     0 is refused (see --lazy-sampling-period)."""
 
     lazy_sampling_period: Optional[int] = None
-    """--lazy-sampling-period: draw a fresh global batch every this many steps instead (at least
-    --train-iters: the first batch repeats for the whole run)."""
+    """--lazy-sampling-period: draw a fresh global batch every this many steps instead (a period
+    of --train-iters or more repeats the first batch for the whole run)."""
 
     tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
     """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
@@ -98,6 +98,22 @@ class DataConfig:
     def from_args(cls, args):
         """DataConfig from a namespace parsed with add_data_args (absent flags keep their defaults)."""
         return from_namespace(cls, args)
+
+
+def parse_split(split):
+    """'949,50,1' (or '949/50/1', or '98,2') -> normalised weights [3] summing to 1."""
+    split = split.strip("'\"")   # "--split '99,1,0'" from an unquoted bash array, as Megatron tolerates
+    sep = "," if "," in split else "/"
+    try:
+        parts = [float(s) for s in split.split(sep)]
+    except ValueError:
+        raise ValueError(f"--split {split!r}: expected numbers like 949,50,1") from None
+    if len(parts) > 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"--split {split!r}: expected up to three non-negative weights "
+                         "with a positive sum, like 949,50,1")
+    parts += [0.0] * (3 - len(parts))
+    total = sum(parts)
+    return [p / total for p in parts]
 
 
 def parse_data_path(data_path):
