@@ -56,6 +56,7 @@ def peer_failure(exc: BaseException) -> Optional[UserError]:
     if not dist_error and not any(sign in text for sign in _PEER_SIGNS):
         return None
     first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(exc).__name__)  # gloo's [file:line]
+    first = first.split(". This is typically caused")[0]  # gloo's advice; ours follows
     known = UserError(f"a peer process of this job died or stopped answering ({first[:200]}); the job's first "
                       "error (another rank's output or log) says why; if that rank is only slow, raise "
                       "--distributed-timeout-minutes")

@@ -84,8 +84,8 @@ class OutputLock:
                 os.close(fd)
                 self.acquired = e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
                 if not self.acquired:
-                    raise OutputInUse(f"{self.what} is in use by another run ({owner}; lock {self.path}): wait "
-                                      "for that run to end, or write somewhere else") from None
+                    raise OutputInUse(f"{self.what} is in use by another run ({owner}; lock {self.path}): "
+                                      "wait for that run to end, or write somewhere else") from None
                 warnings.warn(f"{self.what}: cannot lock {self.path} ({e.strerror}); a second run writing "
                               "there at the same time would not be refused")
                 return self

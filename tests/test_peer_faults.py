@@ -52,4 +52,6 @@ def test_the_survivor_of_a_dead_or_stuck_peer_ends_with_one_line(tmp_path, victi
     text = (tmp_path / f"rank{1 - victim}.log").read_text()
     lines = [line for line in text.splitlines() if line.startswith("megaclap: error:")]
     assert len(lines) == 1 and "Traceback" not in text, text[-3000:]
-    assert f"rank {victim}" in lines[0] and "--distributed-timeout-minutes" in lines[0], lines[0]
+    # the pipeline's own timeout names the peer rank; a collective's failure cannot, and says so
+    assert f"rank {victim}" in lines[0] or "a peer process of this job died" in lines[0], lines[0]
+    assert "--distributed-timeout-minutes" in lines[0], lines[0]

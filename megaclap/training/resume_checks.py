@@ -30,7 +30,8 @@ def _saved_model(saved: dict):
 
 def _model_pairs(old, new, tp: int, recorded: dict) -> list:
     """(flag, checkpoint's value, this run's value) of everything the weights depend on."""
-    pairs = [("--num-layers", old.num_layers, new.num_layers), ("--hidden-size", old.hidden_size, new.hidden_size),
+    pairs = [("--num-layers", old.num_layers, new.num_layers),
+             ("--hidden-size", old.hidden_size, new.hidden_size),
              ("--num-attention-heads", old.num_attention_heads, new.num_attention_heads),
              ("--group-query-attention", old.group_query_attention, new.group_query_attention),
              ("--vocab-size", old.vocab_size, new.vocab_size),
@@ -71,20 +72,22 @@ def check_model(saved: dict, cfg, tp: int, root: str) -> None:
     diffs = [_difference(flag, a, b) for flag, a, b in _model_pairs(old, cfg.model, tp, recorded)
              if a is not None and a != b]
     if diffs:
-        raise CheckpointError(f"--load {root} holds a model saved with {'; '.join(diffs)}: its weights do not fit "
-                              "this run's model; pass the checkpoint's values (or convert the checkpoint)")
+        raise CheckpointError(f"--load {root} holds a model saved with {'; '.join(diffs)}: its weights do "
+                              "not fit this run's model; pass the checkpoint's values (or convert the checkpoint)")
 
 
 def check_split(saved: dict, cfg, root: str) -> None:
     """Resuming on the same --data-path with another --split is refused (with --finetune allowed)."""
     from megaclap.config.data import parse_split
     data, now = saved.get("data") or {}, cfg.data
-    if cfg.train.finetune or now.mock_data or "split" not in data or list(data.get("data_path") or []) != now.data_path:
+    same_data = list(data.get("data_path") or []) == now.data_path
+    if cfg.train.finetune or now.mock_data or "split" not in data or not same_data:
         return
     if parse_split(str(data["split"])) != parse_split(now.split):
-        raise CheckpointError(f"--split {now.split} differs from the checkpoint's {data['split']} (--load {root}): "
-                              "documents it trained on would now be validated or tested (or the reverse); resume "
-                              f"with --split {data['split']}, or start a new run on the new split with --finetune")
+        raise CheckpointError(
+            f"--split {now.split} differs from the checkpoint's {data['split']} (--load {root}): documents it "
+            "trained on would now be validated or tested (or the reverse); resume with "
+            f"--split {data['split']}, or start a new run on the new split with --finetune")
 
 
 def _methods(compression: dict) -> tuple:
