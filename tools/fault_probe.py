@@ -3,7 +3,7 @@ source tree, through the real command lines, and classify what the user sees.
 
     python tools/fault_probe.py                      # this tree
     python tools/fault_probe.py --tree /work/main    # another checkout (before/after figures)
-    python tools/fault_probe.py --only lock merge --json bench/results/fault_probe.json
+    python tools/fault_probe.py --only merge peer --json bench/results/fault_probe.json
 
 Each case builds its inputs in a temporary directory and runs the training entry point or a
 tool as a subprocess (PYTHONPATH = the tree), with real faults: two real writers at once (the
@@ -13,13 +13,17 @@ small tmpfs, root only), real SIGKILL / SIGSTOP of one rank of a 2-rank job. Out
     one-line    exit code 2, exactly one `...: error: ...` line naming the case's problem,
                 no traceback                                         (good)
     handled     the run did the right thing (a warning line, a note, a correct result) (good)
-    misleading  one line, but naming another problem or arriving after training started
+    misleading  one line, but naming another problem, arriving after training started, or
+                stopping the wrong one of two runs
     silent      exit code 0 where an error or a warning was due
     traceback   a Python traceback reached the user
     data loss   data that was good before the fault is unusable or wrong after it
     hang        did not end within the case's limit
     unclear     anything else (another exit code without a traceback)
     skipped     the case needs root (tmpfs mounts)
+    probe-error the probe itself could not set the case up (said, never hidden)
+
+Exit code 0 only when every case is one-line or handled. The JSON has every row and the counts.
 """
 from __future__ import annotations
 
