@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from . import compression as compression_rules
 from .errors import ConfigError, check
 from .flags import flag_name
 from .megatron import check_megatron_args
 from .parallel import layer_ranges
+from .train import parse_eval_schedule
 
 
 def _check_choices(cfg) -> None:
@@ -66,6 +68,10 @@ def _check_batches(cfg, dp: int) -> None:
           f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
           f"{t.micro_batch_size} x data-parallel size {dp}")
     check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+    try:
+        parse_eval_schedule(t.eval_interval_schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check(cfg.parallel.ddp_bucket_size > 0, "--ddp-bucket-size must be a positive number of gradient elements")
 
 
@@ -77,6 +83,13 @@ def _check_precision(cfg) -> None:
           "disables clipping)")
     check(o.weight_decay >= 0, f"--weight-decay {o.weight_decay} must be >= 0 (AdamW's decoupled decay pulls "
           "weights toward zero; a negative value grows them)")
+    if o.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
+        c = cfg.compression
+        try:
+            compression_rules.check_fp16_recovery(c.method, c.bwd_method, c.fwd_codec, c.bwd_codec,
+                                                  c.clapping_fc_init)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_positive_sizes(cfg) -> None:
