@@ -84,7 +84,13 @@ _PICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__
 def _load(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConversionError(f"{path} is missing: the Megatron checkpoint is incomplete")
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except ConversionError:
+        raise
+    except Exception as e:  # truncated zip, pickle garbage
+        raise ConversionError(f"{path}: cannot read this Megatron checkpoint shard ({type(e).__name__}: {e}); "
+                              "the file is truncated or corrupt") from e
 
 
 def locate(root: str) -> tuple[int, str]:

@@ -76,9 +76,14 @@ def _check_batches(cfg, dp: int) -> None:
 
 
 def _check_precision(cfg) -> None:
-    check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
-    check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
-    if cfg.optim.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
+    o = cfg.optim
+    check(not (o.fp16 and o.bf16), "--fp16 and --bf16 are both set; choose one")
+    check(o.min_lr <= o.lr, f"--min-lr {o.min_lr} exceeds --lr {o.lr}")
+    check(o.clip_grad >= 0, f"--clip-grad {o.clip_grad} must be >= 0 (the largest gradient norm kept; 0 "
+          "disables clipping)")
+    check(o.weight_decay >= 0, f"--weight-decay {o.weight_decay} must be >= 0 (AdamW's decoupled decay pulls "
+          "weights toward zero; a negative value grows them)")
+    if o.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
         c = cfg.compression
         try:
             compression_rules.check_fp16_recovery(c.method, c.bwd_method, c.fwd_codec, c.bwd_codec,
@@ -94,6 +99,8 @@ def _check_positive_sizes(cfg) -> None:
                         ("--make-vocab-size-divisible-by", m.make_vocab_size_divisible_by),
                         ("--seq-length", m.seq_length)):
         check(value is not None and value >= 1, f"{flag} {value} must be a positive integer")
+    check(m.ffn_hidden_size is None or m.ffn_hidden_size >= 1,
+          f"--ffn-hidden-size {m.ffn_hidden_size} must be a positive integer (leave it out for the default 4h)")
     timeout = p.distributed_timeout_minutes
     check(timeout is not None and timeout > 0,
           f"--distributed-timeout-minutes {timeout} must be positive (minutes a collective may wait)")

@@ -40,10 +40,12 @@ class DataConfig:
 
     lazy_sampling_prob: Optional[float] = None
     """--lazy-sampling-prob: draw a fresh global batch with this probability per step,
-    else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training."""
+    else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training,
+    0 is refused (see --lazy-sampling-period)."""
 
     lazy_sampling_period: Optional[int] = None
-    """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
+    """--lazy-sampling-period: draw a fresh global batch every this many steps instead (a period
+    of --train-iters or more repeats the first batch for the whole run)."""
 
     tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
     """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
@@ -77,9 +79,10 @@ class DataConfig:
         if self.lazy_sampling_prob is not None and self.lazy_sampling_period is not None:
             raise ValueError("--lazy-sampling-prob and --lazy-sampling-period are exclusive; "
                              "drop one")
-        if self.lazy_sampling_prob is not None and not 0.0 <= self.lazy_sampling_prob <= 1.0:
-            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in [0, 1] "
-                             "(0: the first batch repeats forever)")
+        if self.lazy_sampling_prob is not None and not 0.0 < self.lazy_sampling_prob <= 1.0:
+            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in (0, 1]; 0 would "
+                             "train on the first global batch forever: to do that on purpose (an overfit "
+                             "or error-feedback test) pass --lazy-sampling-period N with N >= --train-iters")
         if self.lazy_sampling_period is not None and self.lazy_sampling_period < 1:
             raise ValueError(f"--lazy-sampling-period {self.lazy_sampling_period}: must be >= 1")
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:

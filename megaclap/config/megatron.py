@@ -67,6 +67,24 @@ def lr_horizons(cfg) -> tuple:
     return warmup, decay
 
 
+def _check_warmup(cfg) -> None:
+    """The warmup must end within the run (else the LR never reaches --lr) and before the decay
+    horizon (Megatron's assertion)."""
+    t, o = cfg.train, cfg.optim
+    warmup, decay = lr_horizons(cfg)
+    if not warmup:
+        return
+    flag = ("--lr-warmup-fraction" if o.lr_warmup_fraction is not None else
+            "--lr-warmup-samples" if t.train_samples is not None else "--lr-warmup-iters")
+    value = {"--lr-warmup-fraction": o.lr_warmup_fraction, "--lr-warmup-samples": o.lr_warmup_samples,
+             "--lr-warmup-iters": o.lr_warmup_iters}[flag]
+    run = t.train_samples if t.train_samples is not None else t.train_iters * t.global_batch_size
+    check(warmup < run, f"{flag} {value} is not shorter than the run ({run:g} samples, --train-iters/-samples): "
+          "the learning rate would never reach --lr; shorten the warmup")
+    check(warmup < decay, f"{flag} {value} does not end before the LR decay horizon ({decay:g} samples, "
+          "--lr-decay-iters/-samples); shorten the warmup or lengthen the decay")
+
+
 def check_megatron_args(cfg, tp: int, pp: int, dp: int) -> None:
     """Every rule above, in place (fills train_iters and the decay horizon)."""
     check_missing_features(cfg.megatron_flags, tp, pp, dp)
@@ -74,6 +92,7 @@ def check_megatron_args(cfg, tp: int, pp: int, dp: int) -> None:
     _resolve_lengths(cfg, dp)
     if cfg.train.train_samples is None and cfg.optim.lr_decay_iters is None:
         cfg.optim.lr_decay_iters = cfg.train.train_iters
+    _check_warmup(cfg)
     check(cfg.optim.hysteresis >= 1, "--hysteresis must be >= 1")
     if cfg.optim.decoupled_lr is not None and cfg.optim.decoupled_min_lr is not None:
         check(cfg.optim.decoupled_min_lr <= cfg.optim.decoupled_lr,

@@ -39,7 +39,12 @@ class SentencePieceTokenizer:
         if not os.path.isfile(model_file):
             raise UserFileNotFoundError(f"--tokenizer-model {model_file}: no such sentencepiece model")
         self.model_file = model_file
-        self._sp = spm.SentencePieceProcessor(model_file=model_file)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=model_file)
+        except (RuntimeError, OSError) as e:  # "could not parse ModelProto": not a sentencepiece model
+            raise UserValueError(f"--tokenizer-model {model_file}: not a readable sentencepiece model "
+                                 f"({str(e).strip().splitlines()[0]}); point it at the .model file "
+                                 "tools/train_tokenizer.py wrote") from e
         self.vocab_size = self._sp.get_piece_size()
         self.eod = self._sp.eos_id()
         if self.eod < 0:
@@ -78,7 +83,17 @@ def byte_level_bpe(vocab_file, merge_file, vocab_flag="--vocab-file", merge_flag
         if not path or not os.path.isfile(path):
             raise UserFileNotFoundError(f"{flag} {path}: no such file (GPT-2 BPE needs vocab.json "
                                     "and merges.txt)")
-    tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserValueError(f"{vocab_flag} {vocab_file}: not a JSON vocabulary ({e}); point it at GPT-2's "
+                             "vocab.json") from e
+    try:
+        tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    except Exception as e:  # the tokenizers library raises a bare Exception naming the bad line
+        raise UserValueError(f"{merge_flag} {merge_file}: not a BPE merges file for {vocab_file} ({e}); point "
+                             "it at GPT-2's merges.txt") from e
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -101,11 +116,12 @@ class HuggingFaceTokenizer:
     def _load(path):
         from tokenizers import Tokenizer
 
-        if os.path.isfile(path):
-            return Tokenizer.from_file(path)
-        file = os.path.join(path, "tokenizer.json")
+        file = path if os.path.isfile(path) else os.path.join(path, "tokenizer.json")
         if os.path.isfile(file):
-            return Tokenizer.from_file(file)
+            try:
+                return Tokenizer.from_file(file)
+            except Exception as e:  # the tokenizers library raises a bare Exception
+                raise UserValueError(f"--tokenizer-model {file}: not a readable tokenizer.json ({e})") from e
         vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
         if os.path.isfile(vocab) and os.path.isfile(merges):
             return byte_level_bpe(vocab, merges, "--tokenizer-model", "--tokenizer-model")
@@ -116,8 +132,11 @@ class HuggingFaceTokenizer:
         names = []
         config = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(config):
-            with open(config) as f:
-                eos = json.load(f).get("eos_token")
+            try:
+                with open(config) as f:
+                    eos = json.load(f).get("eos_token")
+            except (ValueError, AttributeError) as e:
+                raise UserValueError(f"{config}: not a readable tokenizer_config.json ({e})") from e
             names.append(eos.get("content") if isinstance(eos, dict) else eos)
         for name in [n for n in names if n] + list(_EOS_CANDIDATES):
             tid = self._tok.token_to_id(name)

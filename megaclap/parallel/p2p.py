@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
 from megaclap.compression.store import store_path
+from megaclap.errors import UserError
 from megaclap.parallel.simlink import SimLink
 from megaclap.training.timers import Timers
 
@@ -71,8 +72,9 @@ class Op:
     tag: tuple
 
 
-class PeerTimeout(RuntimeError):
-    """A pipeline neighbour did not answer within --distributed-timeout-minutes."""
+class PeerTimeout(UserError, RuntimeError):
+    """A pipeline neighbour did not answer within --distributed-timeout-minutes (a UserError:
+    the job ends with its one line)."""
 
 
 def dist_transport(group) -> Callable:

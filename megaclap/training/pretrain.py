@@ -42,21 +42,34 @@ def setup(argv: Optional[Sequence[str]] = None):
 
 
 def run(cfg: MegaclapConfig, pstate, print_fn=None):
-    """Build, resume, train, save and test on this rank; returns the Trainer."""
-    from megaclap.training.checkpointing import Checkpointer
-    from megaclap.training.logging import format_validation_line
-    from megaclap.training.startup import checkpoint_line, startup_summary
-    from megaclap.training.trainer import Trainer
+    """Check the outputs (writable; --save locked by this job for the whole run), then build,
+    resume, train, save and test on this rank; returns the Trainer."""
+    from megaclap.training.preflight import claim_outputs
     print_fn = print_fn or (lambda s: print(s, flush=True))
     if pstate.rank == 0:
         print_fn(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
                  f"pp {pstate.pp_size}, device {pstate.device.type}, "
                  f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
+    outputs = claim_outputs(cfg, pstate)
+    try:
+        for note in outputs.notes:
+            print_fn(f" note: {note}")
+        return _train(cfg, pstate, print_fn, outputs.tag)
+    finally:
+        outputs.release()
+
+
+def _train(cfg: MegaclapConfig, pstate, print_fn, tag: str):
+    from megaclap.training.checkpointing import Checkpointer
+    from megaclap.training.logging import format_validation_line
+    from megaclap.training.startup import checkpoint_line, startup_summary
+    from megaclap.training.trainer import Trainer
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
     if pstate.rank == 0:
         for line in startup_summary(cfg, trainer):
             print_fn(line)
     checkpointer = Checkpointer(cfg, pstate, print_fn=print_fn)
+    checkpointer.tag = tag
     start = time.perf_counter()
     loaded = checkpointer.load(trainer)
     if loaded is not None and pstate.rank == 0:

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError, ModelConfig  # noqa: E402
 from megaclap.checkpoint.format import CheckpointError  # noqa: E402
+from megaclap.errors import run_tool  # noqa: E402
 
 ALWAYS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size", "hidden_dropout",
           "attention_dropout")
@@ -130,14 +131,17 @@ def convert(args: argparse.Namespace) -> str:
             f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp} and\n  {model_flags(cfg)}")
 
 
-def main(argv=None) -> int:
+def _run(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        print(convert(args), flush=True)
-    except (ConversionError, CheckpointError, ConfigError) as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if os.path.realpath(args.save_dir) == os.path.realpath(args.load_dir):
+        raise ConversionError(f"--save-dir {args.save_dir} is --load-dir: converting in place would overwrite "
+                              "the input; write to another --save-dir")
+    print(convert(args), flush=True)
+
+
+def main(argv=None) -> int:
+    """_run with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("convert", _run, argv, known=(ConversionError, ConfigError))
 
 
 if __name__ == "__main__":
