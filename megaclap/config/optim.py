@@ -57,10 +57,11 @@ class OptimConfig:
     """--hysteresis: overflows tolerated (since the last growth) before the dynamic scale halves."""
     min_loss_scale: float = 1.0
     """--min-loss-scale: floor of the dynamic loss scale."""
-    override_opt_param_scheduler: bool = field(default=False, metadata={"flag": "--override-opt_param-scheduler"})
+    override_opt_param_scheduler: bool = field(default=False, metadata={
+        "flag": "--override-opt_param-scheduler", "aliases": ("--override-opt-param-scheduler",)})
     """--override-opt_param-scheduler: on resume, use this run's LR schedule flags instead of the checkpoint's."""
-    use_checkpoint_opt_param_scheduler: bool = field(default=False,
-                                                     metadata={"flag": "--use-checkpoint-opt_param-scheduler"})
+    use_checkpoint_opt_param_scheduler: bool = field(default=False, metadata={
+        "flag": "--use-checkpoint-opt_param-scheduler", "aliases": ("--use-checkpoint-opt-param-scheduler",)})
     """--use-checkpoint-opt_param-scheduler: on resume, keep the checkpoint's LR schedule, ignoring the flags."""
 
     def __post_init__(self):
