@@ -16,10 +16,10 @@ from megaclap.errors import EXIT_CODE, UserError, report
 def resolve_vocab_size(cfg: MegaclapConfig) -> None:
     """Take --vocab-size from the tokenizer when one is given and the flag is not.
 
-    NullTokenizer --vocab-size V has V + 1 ids (its end-of-document id is V), so the model's
-    vocabulary is V + 1, as in Megatron."""
+    NullTokenizer --vocab-size V has V ids (end-of-document id V - 1), as in Megatron-LM since
+    core 0.18; with --legacy-null-tokenizer V + 1 (end-of-document id V), the older rule."""
     if cfg.data.tokenizer_type == "NullTokenizer" and cfg.model.vocab_size is not None:
-        cfg.model.vocab_size += 1
+        cfg.model.vocab_size += 1 if cfg.data.legacy_null_tokenizer else 0
         return
     if cfg.model.vocab_size is None and cfg.data.tokenizer_type and not cfg.data.mock_data:
         from megaclap.data.tokenizers import build_tokenizer
