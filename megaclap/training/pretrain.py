@@ -44,7 +44,7 @@ def setup(argv: Optional[Sequence[str]] = None):
 def run(cfg: MegaclapConfig, pstate, print_fn=None):
     """Build, resume, train, save and test on this rank; returns the Trainer."""
     from megaclap.training.checkpointing import Checkpointer
-    from megaclap.training.logging import format_validation_line
+    from megaclap.training.logging import format_validation_line, validation_block
     from megaclap.training.startup import checkpoint_line, startup_summary
     from megaclap.training.trainer import Trainer
     print_fn = print_fn or (lambda s: print(s, flush=True))
@@ -64,10 +64,12 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
                                  "weights only" if cfg.train.finetune else "model, optimizer, scheduler, data cursor"))
     trainer.train(checkpointer)
     checkpointer.finish(trainer)
-    if trainer.data.test is not None and cfg.train.eval_iters > 0:
-        loss = trainer.evaluate(trainer.data.test)
-        if pstate.is_logging_rank:
-            print_fn(format_validation_line(trainer.iteration, loss, prefix="test"))
+    for source, split in ((trainer.data.valid, "validation set"), (trainer.data.test, "test set")):
+        if source is not None and cfg.train.eval_iters > 0:   # as Megatron after training
+            loss = trainer.evaluate(source)
+            if pstate.is_logging_rank:
+                for line in validation_block(format_validation_line(trainer.iteration, loss, split)):
+                    print_fn(line)
     return trainer
 
 
