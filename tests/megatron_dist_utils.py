@@ -77,6 +77,17 @@ def _entries(full: dict, a: dict, t: int, p: int, tp: int, pp: int, te: bool, pe
     return out
 
 
+def _BytesAsIs():
+    """A save planner that writes BytesIO entries as they are, as Megatron's MCoreSavePlanner does
+    (torch's default planner torch.save's them once more)."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    class BytesAsIs(DefaultSavePlanner):
+        def transform_object(self, write_item, object):
+            return object
+    return BytesAsIs()
+
+
 def _worker(rank, world, it_dir, a, full, tp, pp, te, per_layer, common_pt):
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -103,7 +114,7 @@ def _worker(rank, world, it_dir, a, full, tp, pp, te, per_layer, common_pt):
             torch.save([common], buffer)
             buffer.seek(0)
             state["common_state/shard_0_1"] = buffer
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(it_dir))
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(it_dir), planner=_BytesAsIs())
     dist.barrier()
     return True
 

@@ -8,8 +8,8 @@ shape [num_layers, ...]) unless the run saved per-layer names (`decoder.layers.<
 metadata singleton_local_shards, where SwiGLU's fc1 is two tensors `<name>_w`, `<name>_v`).
 Tensor-parallel shards are joined in the global tensor: QKV rows per query group, SwiGLU's fc1
 as [all gate rows; all up rows], the vocabulary padded. Non-tensor state (the args, iteration)
-is the bytes entry `common_state/shard_0_1` (a torch.save'd [dict]) or, from older Megatron,
-common.pt. Optimizer, RNG and Transformer Engine `_extra_state` entries are not read.
+is the bytes entry `common_state/shard_0_1` (a torch.save'd [dict], written as is by Megatron's
+MCoreSavePlanner) or, from older Megatron, common.pt. Optimizer, RNG and Transformer Engine `_extra_state` entries are not read.
 """
 from __future__ import annotations
 
@@ -40,10 +40,18 @@ def _reader(it_dir: str):
 
 
 def _load(state: dict, reader) -> None:
+    """Fill state's tensors in place; bytes entries are left as read (raw BytesIO): DCP's default
+    planner would unpickle them itself, without the stubs Megatron's classes need."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class RawBytes(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):   # our state dict is flat: fqn is its key
+            self.original_state_dict[read_item.dest_index.fqn] = value
+
     with warnings.catch_warnings():   # "torch.distributed is disabled ... single process": intended
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, storage_reader=reader, no_dist=True)
+        dcp.load(state, storage_reader=reader, planner=RawBytes(), no_dist=True)
 
 
 def read_common(it_dir: str) -> dict:
@@ -57,9 +65,10 @@ def read_common(it_dir: str) -> dict:
                               "model from (not a Megatron-LM torch_dist checkpoint?)")
     state = {COMMON_KEY: io.BytesIO()}
     _load(state, reader)
-    buffer = state[COMMON_KEY]
-    buffer.seek(0)
-    common = load_pickle(buffer)
+    common = load_pickle(state[COMMON_KEY])   # Megatron writes the torch.save'd [dict] as is
+    if isinstance(common, io.BytesIO):        # a writer that pickled the buffer once more
+        common.seek(0)
+        common = load_pickle(common)
     return common[0] if isinstance(common, list) else common
 
 
