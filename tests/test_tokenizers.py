@@ -120,3 +120,8 @@ def test_training_flags_take_vocab_from_gpt2_bpe_and_null(bpe_files):
     assert cfg.data.tokenizer_type == "GPT2BPETokenizer"
     assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
     assert parse_args(model + ["--mock-data"]).data.tokenizer_type is None
+    cfg = parse_args(model + ["--vocab-file", str(bpe_files / "vocab.json"), "--merge-file",
+                              str(bpe_files / "merges.txt"), "--vocab-size", "128256"])   # as Megatron's Llama script
+    note = resolve_vocab_size(cfg)
+    assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
+    assert note.startswith(" > --vocab-size 128256: the vocabulary is the tokenizer's")
