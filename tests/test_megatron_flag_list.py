@@ -171,3 +171,11 @@ def test_extractor_follows_megatrons_naming_rules(tmp_path):
         ["--quiet", t, "0", ""], ["--sizes", t, "+", ""], ["--apply-x-1p", t, "0", ""], ["--extra-value", t, "+", ""],
         ["--rl-switch", rl, "0", ""], ["--no-rl-switch", rl, "0", ""], ["--a", rl, "0", ""], ["--a-alias", rl, "0", "--a"]]
     assert "megatron.core 0.20.0" in (tmp_path / "flags.tsv").read_text().splitlines()[2]
+
+
+def test_no_answer_table_names_a_flag_megaclap_implements():
+    """A flag that gains an implementation (another branch, a merge) leaves its answer stale."""
+    from megaclap.config.megatron_flags import SPECIFIC
+    acts = build_parser()._option_string_actions
+    stale = [f for f in SPECIFIC if f not in megatron_flags() or not acts[f].dest.startswith("megatron_")]
+    assert not stale, stale

@@ -13,10 +13,12 @@ boundary. x is what the stage sends, C the codec, m a reference held identically
     clapping-fu  fresh: x raw, m <- x; else as ef21    m               m per slot
     clapping-fc  fresh: m <- 0 (or kept); as ef21      m               m per slot
 
-Clapping's fresh-step codec F (`fresh_codec`, --clapping-fresh-codec): on a fresh step both
-Clapping methods send F(x) against a zero reference (m <- F(x)) and reuse steps send deltas
-with C. F = identity is clapping-fu, F = C is clapping-fc (zero init); None keeps each method's
-own rule (fu: identity, fc: C).
+clapping-fc's reference on a fresh batch (`fc_init`, --clapping-fc-init): `zero` and `previous`
+are the paper's rules; `fresh-codec` is this project's extension, Clapping's fresh-step codec F
+(`fresh_codec`, --clapping-fresh-codec): on a fresh step both Clapping methods send F(x) against
+a zero reference (m <- F(x)) and reuse steps send deltas with C. F = identity is clapping-fu,
+F = C is clapping-fc (zero init); None keeps each method's own rule (fu: identity, fc: C). A fresh
+codec with fc_init `zero` means the same as `fresh-codec` (the spelling before the option).
 
 How both ends stay bit-identical without sending m: the sender builds the payload
 (`_encode`), then runs exactly the receiver's update (`_advance`) on its own payload bytes.
@@ -112,7 +114,9 @@ class Channel:
     def __init__(self, method: str, codec, shape, dtype: torch.dtype, device, *, boundary: int,
                  direction: str, slot: int, fc_init: str = "zero", store: AqsgdStore = None,
                  seed: int = 0, batch_dim: int = 0, track_error: bool = True, fresh_codec=None):
-        validate_compression(method, fc_init=fc_init)
+        clapping = method in ("clapping-fu", "clapping-fc")
+        validate_compression(method, fc_init=fc_init,
+                             fresh_codec=getattr(fresh_codec, "spec", fresh_codec) if clapping else None)
         if direction not in _DIRECTIONS:
             raise ValueError(f"Channel direction must be 'fwd' or 'bwd', got {direction!r}")
         self.method, self.codec = method, parse_codec(codec) if isinstance(codec, str) else codec
@@ -127,7 +131,7 @@ class Channel:
         self.lossless = method == "none" or self.codec.is_lossless(dtype)
         if isinstance(fresh_codec, str):
             fresh_codec = parse_codec(fresh_codec, "--clapping-fresh-codec")
-        self.fresh_codec = fresh_codec if method in ("clapping-fu", "clapping-fc") else None
+        self.fresh_codec = fresh_codec if clapping else None
         # fresh steps that send x raw and set m <- x: clapping-fu's rule, or a lossless fresh codec
         self.fresh_raw = (method == "clapping-fu" if self.fresh_codec is None
                           else self.fresh_codec.is_lossless(dtype))
@@ -138,6 +142,7 @@ class Channel:
         self._buffer = None
         self._saved = None  # (m, e) as of the last commit(), while this step changed them
         self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
+        self._finite = None  # 0-dim fp32: 0 while every checked value was finite, else NaN
 
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
@@ -176,10 +181,12 @@ class Channel:
         payload = self._encode(x, seed, fresh, sample_ids)
         if self.method == "direct" and not measure:
             self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), None)
+            self._check(x)
             return payload
         x_hat = self._advance(payload, seed, fresh, sample_ids)
         if self.method == "ef" and not self.lossless:
             self.e = (x if self.e is None else x + self.e) - x_hat
+        self._check(x, None if self.lossless else x_hat, self.e)
         err = 0.0 if measure else None
         if measure and self.track_error and not self.lossless:
             diff = torch.linalg.vector_norm(x_hat.float() - x.float())
@@ -197,7 +204,9 @@ class Channel:
                              f"bytes, expected {expect}")
         self._begin(fresh)
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
-        return self._advance(payload, seed, fresh, sample_ids)
+        x_hat = self._advance(payload, seed, fresh, sample_ids)
+        self._check(x_hat)
+        return x_hat
 
     @property
     def ref_memory_bytes(self) -> int:
@@ -290,6 +299,26 @@ class Channel:
                 out[old.to(self.device)] = self.store.read(rows[old]) + c
         self.store.write(self.store.insert(ids), out)
         return out.movedim(0, self.batch_dim)
+
+    # ---------------------------------------------------------------- finiteness of the step
+    def _check(self, *tensors) -> None:
+        """Fold tensors this endpoint sent, received or keeps into its finite check, on the device
+        (no host read): sum * 0 is 0 for finite values, NaN once any is inf or NaN. The fp32 sum
+        of fp16/bf16 values cannot overflow. `none` checks nothing: its values reach the gradients."""
+        if self.method == "none":
+            return
+        for t in tensors:
+            if t is not None:
+                flag = t.sum(dtype=torch.float32).mul_(0.0)
+                self._finite = flag if self._finite is None else self._finite.add_(flag)
+
+    def take_finite_check(self):
+        """This endpoint's check since the last call (0-dim fp32 device tensor: 0 if every value
+        it sent, received or now keeps was finite, else NaN), or None if nothing was checked.
+        The trainer folds it into the step's skip decision, so a non-finite reference or
+        residual is never committed."""
+        flag, self._finite = self._finite, None
+        return flag
 
     # ---------------------------------------------------------------- step commit / rollback
     def _remember(self) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from . import compression as compression_rules
 from .errors import ConfigError, check
 from .flags import flag_name
 from .megatron import check_megatron_args
 from .parallel import layer_ranges
+from .train import parse_eval_schedule
 
 
 def _check_choices(cfg) -> None:
@@ -66,12 +68,23 @@ def _check_batches(cfg, dp: int) -> None:
           f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
           f"{t.micro_batch_size} x data-parallel size {dp}")
     check(t.log_interval > 0 and t.eval_interval > 0, "--log-interval and --eval-interval must be positive")
+    try:
+        parse_eval_schedule(t.eval_interval_schedule)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check(cfg.parallel.ddp_bucket_size > 0, "--ddp-bucket-size must be a positive number of gradient elements")
 
 
 def _check_precision(cfg) -> None:
     check(not (cfg.optim.fp16 and cfg.optim.bf16), "--fp16 and --bf16 are both set; choose one")
     check(cfg.optim.min_lr <= cfg.optim.lr, f"--min-lr {cfg.optim.min_lr} exceeds --lr {cfg.optim.lr}")
+    if cfg.optim.fp16 and cfg.parallel.pipeline_model_parallel_size > 1:
+        c = cfg.compression
+        try:
+            compression_rules.check_fp16_recovery(c.method, c.bwd_method, c.fwd_codec, c.bwd_codec,
+                                                  c.clapping_fc_init)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_positive_sizes(cfg) -> None:

@@ -11,7 +11,7 @@ from .codec_spec import parse_codec_spec
 from .flags import add_dataclass_args, from_namespace
 
 METHODS = ("none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu")
-FC_INITS = ("zero", "previous")
+FC_INITS = ("zero", "previous", "fresh-codec")  # clapping-fc's reference on a fresh batch
 
 
 def default_bwd_method(fwd_method: str) -> str:
@@ -36,14 +36,36 @@ def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identit
         if meth == "none" and codec.name != "identity":
             raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
                              f"pick a method such as direct or clapping-fu, or use {flag} identity")
+    if fc_init == "fresh-codec" and fresh_codec is None and "clapping-fc" in (method, bwd):
+        raise ValueError("--clapping-fc-init fresh-codec sends fresh steps with "
+                         "--clapping-fresh-codec: give that codec (e.g. --clapping-fresh-codec hquant:4)")
     if fresh_codec is not None:
         parse_codec_spec(fresh_codec, "--clapping-fresh-codec")
         if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
             raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
                              "--pp-bwd-compression-method) clapping-fu or clapping-fc")
-        if "clapping-fc" in (method, bwd) and fc_init != "zero":
+        if "clapping-fc" in (method, bwd) and fc_init == "previous":
             raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
-                             "it needs --clapping-fc-init zero")
+                             "it needs --clapping-fc-init zero or fresh-codec")
+
+
+def check_fp16_recovery(method: str, bwd_method, fwd_codec: str, bwd_codec: str,
+                        fc_init: str = "zero") -> None:
+    """Raise ValueError (one line) for a combination an --fp16 run cannot recover from: a method
+    whose residual or reference feeds back into every step without a reset (ef, ef21,
+    clapping-fc with --clapping-fc-init previous) with the unbiased randk (`:scale`), whose error
+    exceeds what it compresses (E||C(v) - v||^2 = (1/R - 1) ||v||^2). The state grows
+    geometrically and overflows fp16 within a few steps; a skipped step's state is rolled back,
+    so every later step overflows and is skipped (the loss scale falls to its floor). bf16/fp32
+    diverge more slowly, until the NaN check stops the run."""
+    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
+    for meth, spec, mflag, cflag in ((method, fwd_codec, "--pp-compression-method", "--pp-fwd-codec"),
+                                     (bwd, bwd_codec, "--pp-bwd-compression-method", "--pp-bwd-codec")):
+        feeds_back = meth in ("ef", "ef21") or (meth == "clapping-fc" and fc_init == "previous")
+        if feeds_back and parse_codec_spec(spec, cflag).scale:
+            raise ValueError(f"{mflag} {meth} with {cflag} {spec} cannot recover under --fp16: "
+                             "unbiased randk's error feeds back and grows until every step overflows; "
+                             "drop ':scale' or use direct / clapping-fu")
 
 
 @dataclass
@@ -65,8 +87,9 @@ class CompressionConfig:
     """--pp-bwd-codec: codec for activation gradients (same choices); usually milder than the forward one."""
 
     clapping_fc_init: str = field(default="zero", metadata={"choices": FC_INITS})
-    """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous
-    (keep m from the previous batch)."""
+    """--clapping-fc-init: clapping-fc reference on a fresh batch: zero (m <- 0) or previous (keep m
+    from the previous batch), the paper's two rules; fresh-codec (this project's extension): send
+    the fresh batch with --clapping-fresh-codec against a zero reference."""
 
     clapping_fresh_codec: str = field(default=None, metadata={"metavar": "CODEC"})
     """--clapping-fresh-codec: codec of Clapping's fresh steps, sent against a zero reference:

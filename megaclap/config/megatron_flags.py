@@ -119,9 +119,6 @@ SPECIFIC = {
     "--check-for-large-grads": (NO_EFFECT, "megaclap has no rerun state machine (steps are never "
                                            "re-executed)"),
     "--result-rejected-tracker-filename": (NO_EFFECT, "megaclap has no rerun state machine"),
-    "--no-check-for-nan-in-loss-and-grad": (NO_EFFECT, "megaclap never stops on a NaN: it counts "
-                                                       "nan iterations "
-                                                       "in the log line"),
     "--no-pin-cpu-grads": (NO_EFFECT, "megaclap keeps no gradients in pinned CPU memory"),
     "--no-pin-cpu-params": (NO_EFFECT, "megaclap keeps no parameters in pinned CPU memory"),
     "--no-manual-gc-eval": (NO_EFFECT, "Python's garbage collector runs as usual"),
@@ -284,7 +281,6 @@ SPECIFIC = {
     "--start-eval-at-iter": (REFUSED, "evaluation runs every --eval-interval from the start"),
     "--eval-global-batch-size": (REFUSED, "evaluation uses the training batch sizes"),
     "--eval-micro-batch-size": (REFUSED, "evaluation uses the training batch sizes"),
-    "--full-validation": (REFUSED, "validation reads --eval-iters batches"),
     "--multiple-validation-sets": (REFUSED, "there is one validation split, from --split"),
     "--validation-set-names": (REFUSED, "there is one validation split, from --split"),
     "--test-mode": (REFUSED, "Megatron's test mode is not implemented"),

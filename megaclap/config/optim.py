@@ -57,6 +57,12 @@ class OptimConfig:
     """--hysteresis: overflows tolerated (since the last growth) before the dynamic scale halves."""
     min_loss_scale: float = 1.0
     """--min-loss-scale: floor of the dynamic loss scale."""
+    check_for_nan_in_loss_and_grad: bool = field(default=True,
+                                                 metadata={"flag": "--no-check-for-nan-in-loss-and-grad"})
+    """--no-check-for-nan-in-loss-and-grad: under bf16/fp32, skip and count a step whose loss,
+    gradient norm or pipeline Channel values are NaN/inf (one host read per step). Default, as
+    Megatron: stop with one line naming the iteration, saving nothing over the last good
+    checkpoint (checked on log steps and before saves, no per-step sync). fp16 always skips."""
     override_opt_param_scheduler: bool = field(default=False, metadata={
         "flag": "--override-opt_param-scheduler", "aliases": ("--override-opt-param-scheduler",)})
     """--override-opt_param-scheduler: on resume, use this run's LR schedule flags instead of the checkpoint's."""

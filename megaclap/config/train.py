@@ -28,6 +28,15 @@ class TrainConfig:
     """--eval-interval: validate every this many steps."""
     eval_iters: int = 10
     """--eval-iters: validation batches per evaluation."""
+    full_validation: bool = False
+    """--full-validation: every evaluation reads the whole validation split, the same samples in the
+    same order each time (Megatron-LM's flag); --eval-iters then sizes only mock data's split
+    (--eval-iters global batches). Whole global batches: the split's last < --global-batch-size
+    samples are left out. Real data is read in file order, so every --seed sees the same tokens."""
+    eval_interval_schedule: Optional[List[str]] = field(default=None,
+                                                        metadata={"nargs": "+", "metavar": "STEP:INTERVAL"})
+    """--eval-interval-schedule: validate every INTERVAL steps from step STEP on, e.g. 0:100 450:25
+    (iterations 100, 200, 300, 400, 450, 475, ...); replaces --eval-interval."""
     log_interval: int = 10
     """--log-interval: steps between log lines."""
     tensorboard_dir: Optional[str] = None
@@ -57,3 +66,27 @@ class TrainConfig:
     timing_log_level: int = 0
     """--timing-log-level: 1 adds per-step phase times (forward, backward, encode+decode, p2p wait, dp all-reduce, optimizer) to the log."""
 
+    def eval_due(self, iteration: int) -> bool:
+        """Whether validation runs after `iteration` steps (--eval-interval-schedule or --eval-interval)."""
+        start, interval = 0, self.eval_interval
+        for step, every in parse_eval_schedule(self.eval_interval_schedule):
+            if iteration >= step:
+                start, interval = step, every
+        return iteration > 0 and (iteration - start) % interval == 0
+
+
+def parse_eval_schedule(items) -> list:
+    """['0:100', '450:25'] -> [(0, 100), (450, 25)]; ValueError naming the flag on bad input."""
+    out = []
+    for item in items or []:
+        try:
+            step, every = (int(v) for v in str(item).split(":"))
+        except ValueError:
+            raise ValueError(f"--eval-interval-schedule {item!r}: expected STEP:INTERVAL, "
+                             "e.g. 0:100 450:25") from None
+        if step < 0 or every < 1 or (out and step <= out[-1][0]):
+            shown = " ".join(map(str, items))
+            raise ValueError(f"--eval-interval-schedule {shown}: steps must be >= 0 and increasing, "
+                             "intervals >= 1")
+        out.append((step, every))
+    return out

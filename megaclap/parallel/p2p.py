@@ -56,6 +56,8 @@ class StepInfo:
     step: int
     fresh: bool
     measure: bool = True  # senders compute their telemetry error (the trainer: log steps only)
+    drawn: int = 0        # the fresh step that drew this step's batch (== step when fresh)
+    rng_seed: Optional[int] = None  # seed dropout per microbatch from its samples (None: don't)
 
 
 @dataclass
@@ -310,6 +312,13 @@ class P2P:
                          info, leaf=True)
 
     # --- the step's commit (after the optimizer's skip decision, identical on all ranks) ---
+    def finite_check(self) -> Optional[torch.Tensor]:
+        """Every Channel's finite check of this step, combined (0-dim fp32 device tensor: 0 if
+        every value sent, received or kept was finite, else NaN; None without checks). No host
+        read: the trainer folds it into the step's one skip flag."""
+        flags = [f for f in (ch.take_finite_check() for ch in self.channels.values()) if f is not None]
+        return torch.stack(flags).sum() if flags else None
+
     def commit(self) -> None:
         """Keep this step's reference/residual/store changes (the optimizer stepped)."""
         for obj in (*self.channels.values(), *self.stores.values()):

@@ -98,6 +98,7 @@ class Checkpointer:
 
     # --- save -------------------------------------------------------------------------------
     def save(self, trainer) -> str:
+        trainer.check_finite()  # never save over the last good checkpoint after a NaN/inf step
         root, ps, it = self.cfg.train.save, self.ps, trainer.iteration
         overwrite = self.cfg.train.overwrite_checkpoint
         started = time.perf_counter()

@@ -162,10 +162,13 @@ def clip_grad_norm(stage, pstate, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def unscale_and_check(stage, pstate, scale: float) -> bool:
+def unscale_and_check(stage, pstate, scale: float, extra: Optional[torch.Tensor] = None) -> bool:
     """fp16: divide every grad by the loss scale and test them for inf/nan in one fused pass per
-    dtype; True on every rank if any model-parallel rank overflowed. Its one host read is the
-    step's only sync under fp16 (the optimizer, LR and loss-scale updates depend on it)."""
+    dtype; True on every rank if any model-parallel rank overflowed. `extra` (the pipeline
+    Channels' finite check, NaN when a Channel carried a non-finite value) joins the same flag;
+    it differs between dp replicas, so then the flag is reduced over the whole world. Its one
+    host read is the step's only sync under fp16 (the optimizer, LR and loss-scale updates
+    depend on it)."""
     found = torch.zeros(1, dtype=torch.float32, device=pstate.device)
     inv = torch.full((1,), 1.0 / scale, dtype=torch.float32, device=pstate.device)
     by_dtype: dict = {}
@@ -174,9 +177,19 @@ def unscale_and_check(stage, pstate, scale: float) -> bool:
             by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
     for grads in by_dtype.values():
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
-    if pstate.mp.group is not None:
-        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=pstate.mp.group)
-    return bool(found.item())
+    if extra is not None:
+        found += (~torch.isfinite(extra)).float()
+    return bool(any_rank(found, pstate, world=extra is not None).item())
+
+
+def any_rank(flag: torch.Tensor, pstate, world: bool = True) -> torch.Tensor:
+    """MAX of a device flag over the whole job (world=True) or the model-parallel group; in place,
+    no host read. Grads are dp-averaged, so a flag derived from them alone needs only the mp group."""
+    if world and pstate.dp_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    elif pstate.mp.group is not None:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=pstate.mp.group)
+    return flag
 
 
 def all_reduce_coalesced(tensors: list[torch.Tensor], group, average_over: int = 1,
