@@ -152,7 +152,8 @@ def write_megatron(root, model, kind, tp, pp, te=True, iteration=7, release=Fals
     tied = not a["untie_embeddings_and_output_weights"]
     if tied and pp > 1:   # the last stage holds its own copy of the tied embedding
         full["output_layer.weight"] = full["embedding.word_embeddings.weight"]
-    a.update(transformer_impl="transformer_engine" if te else "local", ckpt_format="torch", iteration=iteration)
+    a.update(transformer_impl="transformer_engine" if te else "local", ckpt_format="torch",
+             iteration=iteration)
     per = a["num_layers"] // pp
     it_dir = os.path.join(root, "release" if release else f"iter_{iteration:07d}")
     for p in range(pp):

@@ -28,7 +28,8 @@ import torch
 from tests.dist import run_ranks
 from tests.megatron_ckpt_utils import _te_name, megatron_enum, padded_tensors
 
-COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "embedding.word_embeddings.weight", "output_layer.weight")
+COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "embedding.word_embeddings.weight",
+          "output_layer.weight")
 ROW = ("linear_proj.weight", "linear_fc2.weight")
 
 
@@ -58,7 +59,8 @@ def _entries(full: dict, a: dict, t: int, p: int, tp: int, pp: int, te: bool, pe
     for name, tensor in sorted(full.items()):
         if not name.startswith("decoder.layers."):
             holder = p == 0 if name.startswith("embedding.") else p == pp - 1
-            out[name] = (tuple(tensor.shape), _pieces(name, tensor, tp, t, a["swiglu"]) if holder else [])
+            pieces = _pieces(name, tensor, tp, t, a["swiglu"]) if holder else []
+            out[name] = (tuple(tensor.shape), pieces)
             continue
         _, _, i, rest = name.split(".", 3)
         i, key = int(i), _te_name(rest) if te else rest
@@ -95,13 +97,15 @@ def _worker(rank, world, it_dir, a, full, tp, pp, te, per_layer, common_pt):
     t, p = rank % tp, rank // tp   # Megatron's rank order tp-dp-pp, dp = 1
     state = {}
     for key, (shape, pieces) in _entries(full, a, t, p, tp, pp, te, per_layer).items():
-        shards = [Shard(x.contiguous().clone(), ShardMetadata(list(off), list(x.shape), f"rank:{rank}/cpu"))
+        shards = [Shard(x.contiguous().clone(),
+                        ShardMetadata(list(off), list(x.shape), f"rank:{rank}/cpu"))
                   for off, x in pieces]
         state[key] = init_from_local_shards(shards, *shape)
+    layers = a["num_layers"]
     if te:   # Transformer Engine's fp8 metadata: bytes, no weights
-        for i in range(p * a["num_layers"] // pp, (p + 1) * a["num_layers"] // pp):
-            state[f"decoder.layers.self_attention.linear_qkv._extra_state/shard_{i}.{t}_{a['num_layers']}.{tp}"] = \
-                io.BytesIO(b"fp8 meta")
+        for i in range(p * layers // pp, (p + 1) * layers // pp):
+            key = f"decoder.layers.self_attention.linear_qkv._extra_state/shard_{i}.{t}_{layers}.{tp}"
+            state[key] = io.BytesIO(b"fp8 meta")
     state[f"rng_state/shard_{p}.{t}_{pp}.{tp}"] = io.BytesIO(b"rng")
     with megatron_enum() as backend:
         common = {"args": Namespace(**a, attention_backend=backend("auto")), "iteration": a["iteration"],
@@ -119,11 +123,12 @@ def _worker(rank, world, it_dir, a, full, tp, pp, te, per_layer, common_pt):
     return True
 
 
-def write_megatron_dist(root, model, kind, tp, pp, te=True, iteration=7, per_layer=False, common_pt=False,
-                        zero_centered=None, **args):
+def write_megatron_dist(root, model, kind, tp, pp, te=True, iteration=7, per_layer=False,
+                        common_pt=False, zero_centered=None, **args):
     """Write the HF model as a Megatron-LM tp x pp torch_dist checkpoint in root; returns the args."""
     a, full = padded_tensors(model, kind, tp, pp, zero_centered=zero_centered, **args)
-    a.update(transformer_impl="transformer_engine" if te else "local", ckpt_format="torch_dist", iteration=iteration)
+    a.update(transformer_impl="transformer_engine" if te else "local", ckpt_format="torch_dist",
+             iteration=iteration)
     it_dir = os.path.join(root, f"iter_{iteration:07d}")
     os.makedirs(it_dir)
     run_ranks(_worker, tp * pp, it_dir, a, full, tp, pp, te, per_layer, common_pt)

@@ -44,13 +44,15 @@ def test_a_sample_of_the_list_is_answered_in_one_line():
             message = str(e)
             assert "\n" not in message and "unrecognized" not in message, (flag, message)
             if hidden:   # a refusal names the flag and its Megatron group
-                assert message.startswith(flag) and f'(Megatron-LM group "{flags[flag].group}")' in message
+                group = f'(Megatron-LM group "{flags[flag].group}")'
+                assert message.startswith(flag) and group in message, message
             continue
         notes = [n for n in habit_notes(cfg.megatron_flags) if n.startswith(f" > {flag}")]
         expected = 1 if hidden or flag in NO_EFFECT or flag in MISSING else 0
         assert len(notes) == expected, (flag, notes)
         if hidden and flag not in NO_EFFECT and flag not in MISSING:
-            assert answer(flag)[0] == NONE or notes[0].endswith("a no-op at this value, as in Megatron-LM")
+            noop = notes[0].endswith("a no-op at this value, as in Megatron-LM")
+            assert answer(flag)[0] == NONE or noop, notes
 
 
 def test_every_listed_flag_has_a_deliberate_answer():
@@ -59,7 +61,8 @@ def test_every_listed_flag_has_a_deliberate_answer():
         action = parser._option_string_actions[flag]
         if action.dest.startswith("megatron_") and flag not in NO_EFFECT and flag not in MISSING:
             kind, reason, _ = answer(flag)
-            assert kind in (NONE, REFUSED) and not reason.startswith("not implemented in megaclap ("), flag
+            generic = reason.startswith("not implemented in megaclap (")
+            assert kind in (NONE, REFUSED) and not generic, flag
 
 
 def test_spellings_of_implemented_flags_are_implemented_and_old_ones_kept():
@@ -70,8 +73,8 @@ def test_spellings_of_implemented_flags_are_implemented_and_old_ones_kept():
             assert acts[flag] is acts[m.alias_of], flag   # e.g. --persistent-save-interval
     cfg = parse_args(BASE + ["--persistent-save-interval", "3", "--override-opt-param-scheduler"])
     assert cfg.train.save_interval == 3 and cfg.optim.override_opt_param_scheduler
-    old = ["--overlap-p2p-communication", "--use-legacy-models", "--no-async-tensor-model-parallel-allreduce",
-           "--barrier-with-L1-time"]
+    old = ["--overlap-p2p-communication", "--use-legacy-models",
+           "--no-async-tensor-model-parallel-allreduce", "--barrier-with-L1-time"]
     assert not any(f in megatron_flags() for f in old)   # gone from Megatron, kept here
     assert len(habit_notes(parse_args(BASE + old).validate(1).megatron_flags)) == 4
 
@@ -99,8 +102,9 @@ def test_refusals_name_flag_group_and_alternative(flags, match):
 def test_unknown_flag_is_one_line_without_usage():
     with pytest.raises(ConfigError, match="unrecognized argument --no-such-flag: neither a megaclap nor"):
         parse_args(BASE + ["--no-such-flag"])
-    out = subprocess.run([sys.executable, "examples/pretrain_gpt/pretrain_gpt.py", *BASE, "--no-such-flag", "3"],
-                         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=120)
+    script = "examples/pretrain_gpt/pretrain_gpt.py"
+    out = subprocess.run([sys.executable, script, *BASE, "--no-such-flag", "3"], cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == "" and "usage" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "--no-such-flag 3" in out.stderr
 
@@ -155,15 +159,18 @@ MINI_CONFIG = '''
 
 
 def test_extractor_follows_megatrons_naming_rules(tmp_path):
+    version = "MAJOR = 0\nMINOR = 20\nPATCH = 0\nPRE_RELEASE = ''\n"
     for rel, text in (("megatron/training/arguments.py", MINI_ARGUMENTS), ("megatron/core/cfg.py", MINI_CONFIG),
-                      ("megatron/core/package_info.py", "MAJOR = 0\nMINOR = 20\nPATCH = 0\nPRE_RELEASE = ''\n")):
+                      ("megatron/core/package_info.py", version)):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(textwrap.dedent(text))
-    spec = importlib.util.spec_from_file_location("megatron_flags_tool", os.path.join(REPO, "tools", "megatron_flags.py"))
+    path = os.path.join(REPO, "tools", "megatron_flags.py")
+    spec = importlib.util.spec_from_file_location("megatron_flags_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main([str(tmp_path), "--out", str(tmp_path / "flags.tsv")]) == 0
-    rows = [line.split("\t") for line in (tmp_path / "flags.tsv").read_text().splitlines() if line[0] != "#"]
+    lines = (tmp_path / "flags.tsv").read_text().splitlines()
+    rows = [line.split("\t") for line in lines if line[0] != "#"]
     t, rl = "transformer configuration", "rl"
     assert rows == [
         ["--tensor-model-parallel-size", t, "1", ""], ["--num-layers", t, "1", ""], ["--no-bias", t, "0", ""],
@@ -175,7 +182,8 @@ def test_extractor_follows_megatrons_naming_rules(tmp_path):
 
 def test_no_answer_table_names_a_flag_megaclap_implements():
     """A flag that gains an implementation (another branch, a merge) leaves its answer stale."""
-    from megaclap.config.megatron_flags import SPECIFIC
+    from megaclap.config.megatron_answers import SPECIFIC
     acts = build_parser()._option_string_actions
-    stale = [f for f in SPECIFIC if f not in megatron_flags() or not acts[f].dest.startswith("megatron_")]
+    stale = [f for f in SPECIFIC
+             if f not in megatron_flags() or not acts[f].dest.startswith("megatron_")]
     assert not stale, stale

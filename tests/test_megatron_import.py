@@ -137,8 +137,9 @@ def test_torch_dist_llama_tp2pp2_matches_legacy_and_transformers(tmp_path):
     from megaclap.checkpoint.megatron import read_megatron
     from tests.megatron_dist_utils import write_megatron_dist
     model = hf_model("llama", tmp_path / "hf", tie_word_embeddings=False)
-    write_megatron_dist(tmp_path / "dist", model, "llama", tp=2, pp=2, zero_centered="layernorm_zero_centered_gamma")
-    write_megatron(tmp_path / "legacy", model, "llama", tp=2, pp=2, zero_centered="layernorm_zero_centered_gamma")
+    one_p = "layernorm_zero_centered_gamma"
+    write_megatron_dist(tmp_path / "dist", model, "llama", tp=2, pp=2, zero_centered=one_p)
+    write_megatron(tmp_path / "legacy", model, "llama", tp=2, pp=2, zero_centered=one_p)
     dist_full, dist_cfg, it = read_megatron(str(tmp_path / "dist"), 100)
     legacy_full, legacy_cfg, _ = read_megatron(str(tmp_path / "legacy"), 100)
     assert it == 7 and dist_cfg == legacy_cfg and sorted(dist_full) == sorted(legacy_full)
@@ -154,7 +155,8 @@ def test_torch_dist_per_layer_names_and_common_pt(tmp_path):
     from megaclap.checkpoint.megatron import read_megatron
     from tests.megatron_dist_utils import write_megatron_dist
     model = hf_model("llama", tmp_path / "hf", tie_word_embeddings=True)
-    write_megatron_dist(tmp_path / "dist", model, "llama", tp=2, pp=1, te=False, per_layer=True, common_pt=True)
+    write_megatron_dist(tmp_path / "dist", model, "llama", tp=2, pp=1, te=False, per_layer=True,
+                        common_pt=True)
     assert os.path.isfile(tmp_path / "dist" / "iter_0000007" / "common.pt")
     full, cfg, _ = read_megatron(str(tmp_path / "dist"), 100)
     write_megatron(tmp_path / "legacy", model, "llama", tp=2, pp=1, te=False)

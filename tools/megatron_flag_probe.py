@@ -36,8 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
-        "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data", "--train-iters", "4"]
+BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--seq-length", "16", "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data",
+        "--train-iters", "4"]
 LEFT_OUT_GROUPS = ("moe", "inference", "vision", "biencoder")
 LEFT_OUT_NAMES = re.compile(r"moe|expert|inference|bert|t5")
 KINDS = ("implemented", "no effect", "refused", "unknown")
@@ -50,9 +51,9 @@ from unittest import mock
 root, stubs = sys.argv[1], set(sys.argv[2].split(","))
 import torch, torch.utils._triton
 torch.utils._triton.has_triton_package()        # torch caches "no triton" before any stub exists
-for name in ("torch.utils.flop_counter", "torch._inductor.utils", "torch._dynamo", "torch._functorch.aot_autograd",
-             "torch._inductor.codecache", "torch._inductor.runtime.triton_compat", "torch._inductor.compile_fx",
-             "torch._inductor.ir"):
+for name in ("torch.utils.flop_counter", "torch._inductor.utils", "torch._dynamo",
+             "torch._functorch.aot_autograd", "torch._inductor.codecache",
+             "torch._inductor.runtime.triton_compat", "torch._inductor.compile_fx", "torch._inductor.ir"):
     __import__(name)
 if not hasattr(typing, "override"):             # Python < 3.12
     typing.override = lambda f: f
@@ -74,16 +75,17 @@ sys.meta_path.append(Stubs())
 sys.path.insert(0, root)
 from megatron.training.arguments import add_megatron_arguments
 parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False))
-zero = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction, argparse._CountAction,
-        argparse.BooleanOptionalAction)
-out = [{"flags": a.option_strings, "group": g.title, "nargs": 0 if isinstance(a, zero) else (a.nargs or 1)}
+zero = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+        argparse._CountAction, argparse.BooleanOptionalAction)
+out = [{"flags": a.option_strings, "group": g.title,
+        "nargs": 0 if isinstance(a, zero) else (a.nargs or 1)}
        for g in parser._action_groups for a in g._group_actions if "-h" not in a.option_strings]
 print("MEGATRON_ACTIONS " + json.dumps(out))
 '''
 
 
 def megatron_actions(root: str, stubs: str = "triton") -> list:
-    """[{flags, group, nargs}] of Megatron-LM's own parser, built from the checkout in a subprocess."""
+    """[{flags, group, nargs}] of Megatron-LM's own parser, built from a checkout in a subprocess."""
     r = subprocess.run([sys.executable, "-c", _MEGATRON_PARSER, os.path.abspath(root), stubs],
                        capture_output=True, text=True, timeout=900)
     for line in r.stdout.splitlines():
@@ -96,11 +98,13 @@ def megatron_actions(root: str, stubs: str = "triton") -> list:
 def shipped_actions() -> list:
     """The shipped list, one entry per option string."""
     from megaclap.config.megatron_flags import megatron_flags
-    return [{"flags": [m.flag], "group": m.group, "nargs": m.nargs} for m in megatron_flags().values()]
+    return [{"flags": [m.flag], "group": m.group, "nargs": m.nargs}
+            for m in megatron_flags().values()]
 
 
 def left_out(action: dict) -> bool:
-    return action["group"] in LEFT_OUT_GROUPS or any(LEFT_OUT_NAMES.search(f) for f in action["flags"])
+    return (action["group"] in LEFT_OUT_GROUPS
+            or any(LEFT_OUT_NAMES.search(f) for f in action["flags"]))
 
 
 def sample_values(nargs) -> list:
@@ -129,10 +133,11 @@ def classify(flag: str, nargs, parser) -> tuple:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--megatron-root", help="probe the flags of this Megatron-LM checkout's own parser")
-    ap.add_argument("--sample", type=int, help="probe this many actions (MoE/inference/BERT/T5/vision left out)")
+    ap.add_argument("--megatron-root", help="probe the flags of this Megatron-LM checkout's parser")
+    ap.add_argument("--sample", type=int,
+                    help="probe this many actions (MoE/inference/BERT/T5/vision left out)")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--list", action="store_true", help="print every probed flag with megaclap's answer")
+    ap.add_argument("--list", action="store_true", help="print every probed flag and its answer")
     args = ap.parse_args(argv)
     from megaclap.config import build_parser
     from megaclap.config.megatron_flags import megatron_flags
@@ -140,18 +145,19 @@ def main(argv=None) -> int:
     actions = megatron_actions(args.megatron_root) if args.megatron_root else shipped_actions()
     if args.megatron_root:
         absent = [f for a in actions for f in a["flags"] if f not in megatron_flags()]
-        print(f"Megatron-LM's parser: {len(actions)} actions, {sum(len(a['flags']) for a in actions)} option "
-              f"strings; not in the shipped list: {absent or 'none'}")
+        strings = sum(len(a["flags"]) for a in actions)
+        print(f"Megatron-LM's parser: {len(actions)} actions, {strings} option strings; "
+              f"not in the shipped list: {absent or 'none'}")
     pool = actions
     if args.sample:
         pool = [a for a in actions if not left_out(a)]
-        print(f"left out (MoE, inference, BERT/T5, vision): {len(actions) - len(pool)}; drawing {args.sample} of "
-              f"{len(pool)} with seed {args.seed}")
+        print(f"left out (MoE, inference, BERT/T5, vision): {len(actions) - len(pool)}; "
+              f"drawing {args.sample} of {len(pool)} with seed {args.seed}")
         pool = random.Random(args.seed).sample(pool, args.sample)
     answers = {a["flags"][0]: classify(a["flags"][0], a["nargs"], parser) for a in pool}
     counts = collections.Counter(kind for kind, _ in answers.values())
-    print(f"{len(answers)} flags: " + ", ".join(f"{counts[k]} {k}" for k in KINDS + ("bad sample value",)
-                                                if counts[k] or k in KINDS))
+    shown = [k for k in KINDS + ("bad sample value",) if counts[k] or k in KINDS]
+    print(f"{len(answers)} flags: " + ", ".join(f"{counts[k]} {k}" for k in shown))
     for flag, (kind, line) in answers.items():
         if args.list or kind in ("unknown", "bad sample value"):
             print(f"  {kind:11s} {flag}" + (f"\n      {line.strip()}" if line else ""))

@@ -87,7 +87,7 @@ def _field_call(value):
 
 
 def factory_flags(cls: ast.ClassDef, index: dict, exclude: set) -> list:
-    """[(flag, nargs, first name)] that ArgumentGroupFactory(cls, exclude) adds (base classes first)."""
+    """[(flag, nargs, first name)] that ArgumentGroupFactory(cls, exclude) adds (bases first)."""
     fields: dict = {}
     for base in cls.bases:
         if isinstance(base, ast.Name) and base.id in index:
@@ -99,7 +99,10 @@ def factory_flags(cls: ast.ClassDef, index: dict, exclude: set) -> list:
         kw = _field_call(value)
         if name in exclude or (kw and _const(kw.get("init"), True) is False):
             continue
-        default = _const(kw["default"]) if kw and "default" in kw else (None if kw else _const(value))
+        if kw:
+            default = _const(kw["default"]) if "default" in kw else None
+        else:
+            default = _const(value)
         meta = {}
         if kw and isinstance(kw.get("metadata"), ast.Dict):
             meta = _argparse_meta(kw["metadata"])
@@ -150,7 +153,8 @@ def extract(root: str) -> list:
 def _function_flags(func: ast.FunctionDef, index: dict) -> list:
     groups, factories, rows = {}, {}, []
     for node in ast.walk(func):   # assignments first: a group is created before it is used
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and len(node.targets) == 1:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and len(node.targets) == 1):
             target, call = ast.unparse(node.targets[0]), node.value
             attr = getattr(call.func, "attr", getattr(call.func, "id", ""))
             if attr == "add_argument_group":
@@ -161,7 +165,8 @@ def _function_flags(func: ast.FunctionDef, index: dict) -> list:
                 groups[target] = groups.get(ast.unparse(call.func.value))
             elif attr == "ArgumentGroupFactory":
                 factories[target] = call
-    for node in sorted((n for n in ast.walk(func) if isinstance(n, ast.Call)), key=lambda n: n.lineno):
+    calls = sorted((n for n in ast.walk(func) if isinstance(n, ast.Call)), key=lambda n: n.lineno)
+    for node in calls:
         attr = getattr(node.func, "attr", "")
         if attr == "add_argument":
             kw = _kwargs(node)
@@ -169,18 +174,22 @@ def _function_flags(func: ast.FunctionDef, index: dict) -> list:
             action = ast.unparse(kw["action"]) if "action" in kw else None
             names = [_const(a) for a in node.args if isinstance(_const(a), str)]
             firsts = [names[0]] * len(names)
-            if action == "argparse.BooleanOptionalAction":   # --x and --no-x (its opposite), no value
+            if action == "argparse.BooleanOptionalAction":   # --x and --no-x (its opposite): switches
                 negated = ["--no-" + n[2:] for n in names]
-                names, firsts, action = names + negated, firsts + [negated[0]] * len(negated), "store_true"
-            nargs = _nargs(_const(kw.get("action"), action), _const(kw["nargs"]) if "nargs" in kw else None)
+                names, firsts = names + negated, firsts + [negated[0]] * len(negated)
+                action = "store_true"
+            nargs = _nargs(_const(kw.get("action"), action),
+                           _const(kw["nargs"]) if "nargs" in kw else None)
             rows += [(n, group, nargs, first) for n, first in zip(names, firsts)]
         elif attr == "build_group":
-            call = node.func.value if isinstance(node.func.value, ast.Call) else factories[ast.unparse(node.func.value)]
+            receiver = node.func.value
+            call = receiver if isinstance(receiver, ast.Call) else factories[ast.unparse(receiver)]
             title = _const(_kwargs(node).get("title") or node.args[1])
             exclude = set(_const(_kwargs(call).get("exclude"), None) or [])
             if not exclude and "exclude" in _kwargs(call):   # exclude=<a local list variable>
                 exclude = _local_list(func, ast.unparse(_kwargs(call)["exclude"]))
-            rows += [(f, title, n, a) for f, n, a in factory_flags(index[call.args[0].id], index, exclude)]
+            fields = factory_flags(index[call.args[0].id], index, exclude)
+            rows += [(flag, title, nargs, first) for flag, nargs, first in fields]
     return rows
 
 
@@ -200,19 +209,24 @@ def _describe(root: str) -> str:
     if os.path.isfile(info):
         parts = {t.targets[0].id: _const(t.value) for t in _parse(info).body
                  if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
-        version = f"{parts.get('MAJOR')}.{parts.get('MINOR')}.{parts.get('PATCH')}{parts.get('PRE_RELEASE', '')}"
-    return f"NVIDIA/Megatron-LM {git('rev-parse', 'HEAD')} ({git('log', '-1', '--format=%cs')}), megatron.core {version}"
+        version = (f"{parts.get('MAJOR')}.{parts.get('MINOR')}.{parts.get('PATCH')}"
+                   f"{parts.get('PRE_RELEASE', '')}")
+    commit, date = git("rev-parse", "HEAD"), git("log", "-1", "--format=%cs")
+    return f"NVIDIA/Megatron-LM {commit} ({date}), megatron.core {version}"
 
 
 def write(rows: list, source: str, out: str) -> None:
     """Write the list atomically (temp file + rename)."""
-    head = ["# Megatron-LM's command-line flags: flag, argparse group, number of values (0: a switch),",
+    head = ["# Megatron-LM's command-line flags: flag, argparse group, number of values "
+            "(0: a switch),",
             "# and the flag it is an alternative spelling of (empty for an action's first flag).",
             f"# Read from {source}",
-            "# Regenerate: python tools/megatron_flags.py /path/to/Megatron-LM   (AST only; nothing imported)"]
+            "# Regenerate: python tools/megatron_flags.py /path/to/Megatron-LM   "
+            "(AST only; nothing imported)"]
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        f.write("\n".join(head + ["\t".join(r[:3] + ("" if r[3] == r[0] else r[3],)) for r in rows]) + "\n")
+        lines = ["\t".join(r[:3] + ("" if r[3] == r[0] else r[3],)) for r in rows]
+        f.write("\n".join(head + lines) + "\n")
     os.replace(tmp, out)
 
 

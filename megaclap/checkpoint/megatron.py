@@ -32,7 +32,8 @@ from megaclap.checkpoint import megatron_dist
 from megaclap.checkpoint.io import check_full, meta_stage, unshard
 from megaclap.checkpoint.keymaps import VOCAB_PARAMS, ConversionError, unpad_vocab
 from megaclap.checkpoint.megatron_args import NORM_OFFSET_NAMES, config_from_args, norm_offset
-from megaclap.checkpoint.megatron_files import MODEL_FILE, checkpoint_format, load_pickle, locate, shard_path
+from megaclap.checkpoint.megatron_files import (MODEL_FILE, checkpoint_format, load_pickle, locate,
+                                               shard_path)
 from megaclap.config import ModelConfig
 
 TE_FUSED_NORMS = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
@@ -61,8 +62,8 @@ def _rename(model: dict, where: str) -> dict:
         if IGNORED.search(name) or t is None:
             continue
         if name.startswith("language_model."):
-            raise ConversionError(f"{where}: legacy (non-mcore) parameter names such as {name}; re-save the "
-                                  "model with Megatron's --use-mcore-models, then convert")
+            raise ConversionError(f"{where}: legacy (non-mcore) parameter names such as {name}; "
+                                  "re-save the model with Megatron's --use-mcore-models, then convert")
         m = _LAYER.match(name)
         if m and m.group(2) in TE_FUSED_NORMS:
             name = f"decoder.layers.{m.group(1)}.{TE_FUSED_NORMS[m.group(2)]}"
@@ -84,7 +85,8 @@ def _stage_global(models: list, offset: int) -> tuple[list, int]:
 def _partitions(cfg: ModelConfig, tp: int = 1) -> dict:
     """Full name -> megaclap's tp partition (dim, stride) at tp, for the model cfg describes."""
     stage = meta_stage(cfg, tp, 0, 0, cfg.num_layers, True, True)
-    return {stage.global_name(n): getattr(q, "tp_partition", None) for n, q in stage.named_parameters()}
+    return {stage.global_name(n): getattr(q, "tp_partition", None)
+            for n, q in stage.named_parameters()}
 
 
 def _read_legacy(it_dir: str, true_vocab_size: Optional[int]) -> tuple[dict, dict, ModelConfig]:
@@ -92,23 +94,26 @@ def _read_legacy(it_dir: str, true_vocab_size: Optional[int]) -> tuple[dict, dic
     pp_guess = 1 if os.path.isdir(os.path.join(it_dir, "mp_rank_00")) else 2
     first = load_pickle(shard_path(it_dir, 0, 0, pp_guess))
     a = _args(first, it_dir)
-    _require("model" in first, f"{it_dir}: shard has no 'model' entry (expected Megatron-LM's model_optim_rng.pt; "
-             "'model0' means virtual pipelining, not supported)")
+    _require("model" in first, f"{it_dir}: shard has no 'model' entry (expected Megatron-LM's "
+             "model_optim_rng.pt; 'model0' means virtual pipelining, not supported)")
     tp, pp = a.get("tensor_model_parallel_size", 1), a.get("pipeline_model_parallel_size", 1)
-    _require((pp == 1) == (pp_guess == 1), f"{it_dir}: directory names do not match the args' pp={pp}")
+    _require((pp == 1) == (pp_guess == 1),
+             f"{it_dir}: directory names do not match the args' pp={pp}")
     cfg = config_from_args(a, true_vocab_size)
     partitions = _partitions(cfg, tp)
     parts, offset = {}, 0   # global name -> [tp shards]
     for p in range(pp):
-        models = [_rename((first if (t, p) == (0, 0) else load_pickle(shard_path(it_dir, t, p, pp)))["model"],
-                          shard_path(it_dir, t, p, pp)) for t in range(tp)]
+        paths = [shard_path(it_dir, t, p, pp) for t in range(tp)]
+        models = [_rename((first if (t, p) == (0, 0) else load_pickle(path))["model"], path)
+                  for t, path in enumerate(paths)]
         models, n = _stage_global(models, offset)
         offset += n
         for name in models[0]:
             missing = [t for t, sd in enumerate(models) if name not in sd]
             _require(not missing, f"{it_dir}: tp rank {missing[:1]} of stage {p} has no {name}")
             parts[name] = [sd[name] for sd in models]
-    _require(offset == cfg.num_layers, f"{it_dir}: the stages hold {offset} layers, the args say {cfg.num_layers}")
+    _require(offset == cfg.num_layers,
+             f"{it_dir}: the stages hold {offset} layers, the args say {cfg.num_layers}")
     full = {name: unshard(shards, partitions.get(name)) for name, shards in parts.items()}
     return a, full, cfg
 
@@ -120,21 +125,24 @@ def _read_dist(it_dir: str, true_vocab_size: Optional[int]) -> tuple[dict, dict,
     return a, _rename(megatron_dist.read_model(it_dir), it_dir), cfg
 
 
-def read_megatron(root: str, true_vocab_size: Optional[int] = None) -> tuple[dict, ModelConfig, int]:
+def read_megatron(root: str, true_vocab_size: Optional[int] = None
+                  ) -> tuple[dict, ModelConfig, int]:
     """(full megaclap state dict, ModelConfig, iteration) of the tracked checkpoint in root."""
     iteration, it_dir = locate(root)
     kind = checkpoint_format(it_dir)
-    _require(kind is not None, f"{it_dir} holds neither mp_rank_00[_000]/{MODEL_FILE} (--ckpt-format torch) nor "
-             ".metadata / metadata.json (torch_dist): the tracker names a missing or incomplete checkpoint")
+    _require(kind is not None, f"{it_dir} holds neither mp_rank_00[_000]/{MODEL_FILE} (--ckpt-format "
+             "torch) nor .metadata / metadata.json (torch_dist): the tracker names a missing or "
+             "incomplete checkpoint")
     a, full, cfg = (_read_dist if kind == "torch_dist" else _read_legacy)(it_dir, true_vocab_size)
     if true_vocab_size is not None and true_vocab_size > a["padded_vocab_size"]:
-        raise ConversionError(f"--true-vocab-size {true_vocab_size} is larger than the checkpoint's "
-                              f"padded vocabulary {a['padded_vocab_size']}")
+        raise ConversionError(f"--true-vocab-size {true_vocab_size} is larger than the "
+                              f"checkpoint's padded vocabulary {a['padded_vocab_size']}")
     if not cfg.untie_embeddings_and_output_weights:
         full.pop("output_layer.weight", None)   # the last stage's copy of the tied embedding
     expected = _partitions(cfg)
     unexpected = sorted(set(full) - set(expected))
-    _require(not unexpected, f"{it_dir}: unexpected parameter {unexpected[:1]} for the model its args describe")
+    _require(not unexpected,
+             f"{it_dir}: unexpected parameter {unexpected[:1]} for the model its args describe")
     for name in VOCAB_PARAMS:
         if name in full:
             full[name] = unpad_vocab(full[name], cfg.vocab_size, name)

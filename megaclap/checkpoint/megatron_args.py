@@ -58,7 +58,8 @@ FUNCTIONAL = {
     "mup_output_mult": ((None, 1, 1.0), "muP output scaling"),
     "mup_attn_scale_power": ((None, 1, 1.0), "muP attention scaling"),
     "num_layers_per_virtual_pipeline_stage": (OFF, "virtual pipeline stages (model0, model1, ...)"),
-    "virtual_pipeline_model_parallel_size": (OFF + (1,), "virtual pipeline stages (model0, model1, ...)"),
+    "virtual_pipeline_model_parallel_size": (OFF + (1,),
+                                             "virtual pipeline stages (model0, model1, ...)"),
 }
 VIRTUAL = ("num_layers_per_virtual_pipeline_stage", "virtual_pipeline_model_parallel_size")
 NORM_OFFSET_NAMES = ("input_layernorm.weight", "pre_mlp_layernorm.weight", "final_layernorm.weight")
@@ -76,8 +77,8 @@ def check_functional(a: dict, layout_free: bool = False) -> None:
         if layout_free and name in VIRTUAL:
             continue
         value = a.get(name)
-        _require(value in allowed, f"the Megatron checkpoint sets {name}={value!r} ({what}), which megaclap does "
-                                   "not implement")
+        _require(value in allowed, f"the Megatron checkpoint sets {name}={value!r} ({what}), "
+                                   "which megaclap does not implement")
 
 
 def norm_offset(a: dict) -> float:
@@ -91,7 +92,8 @@ def _model_config(**kw) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in kw.items() if k in names})
 
 
-def config_from_args(a: dict, true_vocab_size: Optional[int] = None, layout_free: bool = False) -> ModelConfig:
+def config_from_args(a: dict, true_vocab_size: Optional[int] = None,
+                     layout_free: bool = False) -> ModelConfig:
     """megaclap ModelConfig from a Megatron args dict; refuses what megaclap cannot express."""
     check_functional(a, layout_free)
     h, heads = a["hidden_size"], a["num_attention_heads"]
@@ -99,24 +101,29 @@ def config_from_args(a: dict, true_vocab_size: Optional[int] = None, layout_free
              f"--kv-channels {a.get('kv_channels')} != hidden / heads: not supported by megaclap")
     _require(float(a.get("rotary_percent", 1.0)) == 1.0,
              f"--rotary-percent {a.get('rotary_percent')}: only 1.0 is supported")
-    pos = "rope" if a.get("use_rotary_position_embeddings") else a.get("position_embedding_type", "learned_absolute")
-    _require(pos in ("learned_absolute", "rope"), f"--position-embedding-type {pos}: only learned_absolute and rope")
+    pos = ("rope" if a.get("use_rotary_position_embeddings")
+           else a.get("position_embedding_type", "learned_absolute"))
+    _require(pos in ("learned_absolute", "rope"),
+             f"--position-embedding-type {pos}: only learned_absolute and rope")
     norm = a.get("normalization", "LayerNorm")
     _require(norm in ("LayerNorm", "RMSNorm"), f"--normalization {norm}: only LayerNorm and RMSNorm")
     bias = a.get("add_bias_linear", True)
-    _require(bias or not a.get("add_qkv_bias", False), "--add-qkv-bias without linear biases is not supported")
+    _require(bias or not a.get("add_qkv_bias", False),
+             "--add-qkv-bias without linear biases is not supported")
     _require(a.get("padded_vocab_size"), "the checkpoint's args have no padded_vocab_size")
     gqa = bool(a.get("group_query_attention")) and a.get("num_query_groups") not in (None, heads)
     max_pos = a.get("max_position_embeddings") or a.get("seq_length")
     return _model_config(
-        num_layers=a["num_layers"], hidden_size=h, num_attention_heads=heads, ffn_hidden_size=a.get("ffn_hidden_size"),
-        group_query_attention=gqa, num_query_groups=a.get("num_query_groups") if gqa else None,
-        seq_length=a.get("seq_length") or max_pos, max_position_embeddings=max_pos, position_embedding_type=pos,
-        rotary_base=float(a.get("rotary_base", 10000)), normalization=norm,
-        norm_epsilon=a.get("norm_epsilon", a.get("layernorm_epsilon", 1e-5)), swiglu=bool(a.get("swiglu")),
-        openai_gelu=bool(a.get("openai_gelu")),
+        num_layers=a["num_layers"], hidden_size=h, num_attention_heads=heads,
+        ffn_hidden_size=a.get("ffn_hidden_size"), group_query_attention=gqa,
+        num_query_groups=a.get("num_query_groups") if gqa else None,
+        seq_length=a.get("seq_length") or max_pos, max_position_embeddings=max_pos,
+        position_embedding_type=pos, rotary_base=float(a.get("rotary_base", 10000)), normalization=norm,
+        norm_epsilon=a.get("norm_epsilon", a.get("layernorm_epsilon", 1e-5)),
+        swiglu=bool(a.get("swiglu")), openai_gelu=bool(a.get("openai_gelu")),
         untie_embeddings_and_output_weights=bool(a.get("untie_embeddings_and_output_weights")),
         disable_bias_linear=not bias, init_method_std=a.get("init_method_std", 0.02),
-        hidden_dropout=a.get("hidden_dropout", 0.1), attention_dropout=a.get("attention_dropout", 0.1),
+        hidden_dropout=a.get("hidden_dropout", 0.1),
+        attention_dropout=a.get("attention_dropout", 0.1),
         vocab_size=true_vocab_size or a["padded_vocab_size"],
         make_vocab_size_divisible_by=a.get("make_vocab_size_divisible_by") or 128)

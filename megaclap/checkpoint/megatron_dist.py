@@ -9,7 +9,8 @@ metadata singleton_local_shards, where SwiGLU's fc1 is two tensors `<name>_w`, `
 Tensor-parallel shards are joined in the global tensor: QKV rows per query group, SwiGLU's fc1
 as [all gate rows; all up rows], the vocabulary padded. Non-tensor state (the args, iteration)
 is the bytes entry `common_state/shard_0_1` (a torch.save'd [dict], written as is by Megatron's
-MCoreSavePlanner) or, from older Megatron, common.pt. Optimizer, RNG and Transformer Engine `_extra_state` entries are not read.
+MCoreSavePlanner) or, from older Megatron, common.pt. Optimizer, RNG and Transformer Engine
+`_extra_state` entries are not read.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def _reader(it_dir: str):
     try:
         return reader, reader.read_metadata()
     except Exception as e:   # a missing or unreadable .metadata
-        raise ConversionError(f"{it_dir}: cannot read the torch.distributed.checkpoint metadata (.metadata): "
-                              f"{type(e).__name__}: {e}") from None
+        raise ConversionError(f"{it_dir}: cannot read the torch.distributed.checkpoint metadata "
+                              f"(.metadata): {type(e).__name__}: {e}") from None
 
 
 def _load(state: dict, reader) -> None:
@@ -61,8 +62,8 @@ def read_common(it_dir: str) -> dict:
         return load_pickle(legacy)
     reader, meta = _reader(it_dir)
     if COMMON_KEY not in meta.state_dict_metadata:
-        raise ConversionError(f"{it_dir}: neither common.pt nor a '{COMMON_KEY}' entry: no args to read the "
-                              "model from (not a Megatron-LM torch_dist checkpoint?)")
+        raise ConversionError(f"{it_dir}: neither common.pt nor a '{COMMON_KEY}' entry: no args to "
+                              "read the model from (not a Megatron-LM torch_dist checkpoint?)")
     state = {COMMON_KEY: io.BytesIO()}
     _load(state, reader)
     common = load_pickle(state[COMMON_KEY])   # Megatron writes the torch.save'd [dict] as is
@@ -79,7 +80,8 @@ def read_model(it_dir: str) -> dict:
     wanted = {k: m for k, m in meta.state_dict_metadata.items()
               if isinstance(m, TensorStorageMetadata) and k.startswith(MODEL_PREFIXES)}
     if not wanted:
-        raise ConversionError(f"{it_dir}: the checkpoint holds no model tensors (embedding.*, decoder.*)")
+        raise ConversionError(f"{it_dir}: the checkpoint holds no model tensors "
+                              "(embedding.*, decoder.*)")
     state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in wanted.items()}
     _load(state, reader)
     out, glu = {}, {}

@@ -51,14 +51,16 @@ class _Unpickler(pickle.Unpickler):
             raise
 
 
-PICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="megaclap_megatron_pickle")
+PICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load,
+                               __name__="megaclap_megatron_pickle")
 
 
 def load_pickle(source, **kwargs) -> dict:
     """torch.load of a Megatron file or buffer, Megatron classes as stubs, on CPU."""
     if isinstance(source, str) and not os.path.isfile(source):
         raise ConversionError(f"{source} is missing: the Megatron checkpoint is incomplete")
-    return torch.load(source, map_location="cpu", weights_only=False, pickle_module=PICKLE, **kwargs)
+    return torch.load(source, map_location="cpu", weights_only=False, pickle_module=PICKLE,
+                      **kwargs)
 
 
 # --- directories ---------------------------------------------------------------------------------
@@ -66,12 +68,14 @@ def locate(root: str) -> tuple[int, str]:
     """(iteration, directory) named by the tracker; release checkpoints are iteration 0."""
     tracker = os.path.join(root, TRACKER)
     if not os.path.isfile(tracker):
-        raise ConversionError(f"--load-dir {root}: no {TRACKER}; expected a Megatron-LM checkpoint directory")
+        raise ConversionError(f"--load-dir {root}: no {TRACKER}; expected a Megatron-LM checkpoint "
+                              "directory")
     text = open(tracker).read().strip()
     if text == "release":
         return 0, os.path.join(root, "release")
     if not text.isdigit():
-        raise ConversionError(f"{tracker} holds {text!r}, expected an iteration number or 'release'")
+        raise ConversionError(f"{tracker} holds {text!r}, expected an iteration number or "
+                              "'release'")
     return int(text), os.path.join(root, f"iter_{int(text):07d}")
 
 
@@ -111,10 +115,11 @@ def refuse_megatron_checkpoint(root: str) -> None:
     if not os.path.isfile(tracker):
         return
     text = open(tracker).read().strip()
-    it_dir = os.path.join(root, "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit()
-                          else "")
+    name = "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else ""
+    it_dir = os.path.join(root, name)
     kind = checkpoint_format(it_dir) if os.path.isdir(it_dir) else None
     if kind == "torch_dist" or (kind == "torch" and _is_megatron_legacy(it_dir)):
         fmt = "torch_dist" if kind == "torch_dist" else "legacy torch"
-        raise CheckpointError(f"--load {root} holds a Megatron-LM {fmt} checkpoint ({it_dir}); convert it first: "
-                              f"python {CONVERT} --load-dir {root} --save-dir DIR, then --load DIR --finetune")
+        raise CheckpointError(f"--load {root} holds a Megatron-LM {fmt} checkpoint ({it_dir}); "
+                              f"convert it first: python {CONVERT} --load-dir {root} --save-dir DIR, "
+                              "then --load DIR --finetune")

@@ -53,8 +53,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
     except argparse.ArgumentError as e:   # a bad value (choices, type, missing value)
         raise ConfigError(_value_error(e)) from None
     if unknown:   # one line, not argparse's usage dump
-        raise ConfigError(f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}: neither a "
-                          "megaclap nor a Megatron-LM flag (--help lists megaclap's)")
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(f"unrecognized argument{plural} {' '.join(unknown)}: neither a megaclap nor a "
+                          "Megatron-LM flag (--help lists megaclap's)")
     missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "

@@ -2,8 +2,8 @@
 
 NO_EFFECT and MISSING are the common ones, each with its reason and its own --help line; every
 other flag of Megatron-LM's parser (the shipped list, `megatron_flags.py`) is accepted too,
-hidden from --help behind one summary line, and answered there. Accepted flags are reported at
-start-up, one line each (`startup.print_habit_flags`); never silently dropped. A missing feature
+hidden from --help behind one summary line, and answered in `megatron_answers.py`. Accepted
+flags are reported at start-up, one line each (`startup.print_habit_flags`); never silently dropped. A missing feature
 is an error (one line: the flag, its Megatron-LM group, what to do instead), except at the value
 where Megatron-LM itself does nothing (e.g. --sequence-parallel at tensor-parallel size 1),
 where it is reported like a habit flag. Old Megatron spellings stay here as aliases
@@ -181,8 +181,8 @@ def add_habit_args(parser: argparse.ArgumentParser) -> None:
     kinds = [answer(m.flag)[0] for m in others]
     commit = re.sub(r"\b([0-9a-f]{10})[0-9a-f]{30}\b", r"\1", source())
     summary = (f"The other {len(others)} flags of Megatron-LM's parser ({commit}) are accepted too: "
-               f"{kinds.count(NONE)} have no effect here (a start-up line each says why), {kinds.count(REFUSED)} "
-               "are refused in one line naming what megaclap offers instead. "
+               f"{kinds.count(NONE)} have no effect here (a start-up line each says why), "
+               f"{kinds.count(REFUSED)} are refused in one line naming what megaclap offers instead. "
                "`python tools/megatron_flag_probe.py --list` prints every answer.")
     group = parser.add_argument_group("Megatron-LM's other flags", summary)
     for m in others:

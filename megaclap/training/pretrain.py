@@ -29,7 +29,8 @@ def resolve_vocab_size(cfg: MegaclapConfig) -> Optional[str]:
     if not d.tokenizer_type or d.mock_data:
         return None
     from megaclap.data.tokenizers import build_tokenizer
-    size = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file, d.merge_file).vocab_size
+    tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file, d.merge_file)
+    size = tokenizer.vocab_size
     given, cfg.model.vocab_size = cfg.model.vocab_size, size
     if given is None or given == size:
         return None

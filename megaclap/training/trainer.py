@@ -255,7 +255,8 @@ class Trainer:
                 if self.ps.is_logging_rank:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
                 break
-            log_step = first or (self.iteration + 1) % t.log_interval == 0 or self.iteration + 1 == t.train_iters
+            log_step = (first or (self.iteration + 1) % t.log_interval == 0
+                        or self.iteration + 1 == t.train_iters)
             start = time.perf_counter()
             out = self.train_step(batch, sync=False, measure=log_step)
             if log_step and self.ps.device.type == "cuda":

@@ -74,7 +74,7 @@ def special_tokens_of(args: dict) -> dict:
     if not known and data.get("tokenizer_type"):
         from megaclap.data.tokenizers import build_tokenizer
         try:
-            vocab = (args.get("model") or {}).get("vocab_size")   # NullTokenizer: eod = vocab - 1 (either rule)
+            vocab = (args.get("model") or {}).get("vocab_size")   # NullTokenizer: eod = vocab - 1
             tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"), vocab,
                                   data.get("vocab_file"), data.get("merge_file"))
         except (OSError, ValueError):
