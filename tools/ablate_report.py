@@ -28,7 +28,8 @@ from tools.ablate_data import load_example
 PAYLOAD_RE = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/"
                         r"(raw_bytes|payload_bytes|ref_memory_bytes|rel_err)")
 STORE_RE = re.compile(r"aqsgd-store-rows/dp(\d+)")
-TEST_RE = re.compile(r"test loss at iteration \d+ \| lm loss value: ([-+0-9.eE]+)")
+TEST_RE = re.compile(r"(?:test loss at iteration \d+|validation loss at iteration \d+ on test set) \| "
+                     r"lm loss value: ([-+0-9.eE]+)")   # older logs: "test loss at"
 CSV_FIELDS = ("name", "model", "regime", "method", "bwd_method", "fwd_codec", "bwd_codec", "p",
               "iterations", "train_loss", "val_loss", "test_loss", "tokens_seen", "fresh_steps",
               "samples_drawn", "train_samples", "distinct_samples", "epochs", "bytes_sent",

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_tokenizer(args, vocab_size: int):
     """The tokenizer; NullTokenizer ids span the model's vocabulary (eod = vocab_size - 1)."""
     from megaclap.data.tokenizers import build_tokenizer as build
-    return build(args.tokenizer_type, args.tokenizer_model, vocab_size - 1, args.vocab_file, args.merge_file)
+    return build(args.tokenizer_type, args.tokenizer_model, vocab_size, args.vocab_file, args.merge_file)
 
 
 def check_args(args) -> None:

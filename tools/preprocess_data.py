@@ -54,7 +54,7 @@ NOT_TEXT_WARNING = 0.1  # warn when more than this fraction of a file's characte
 
 def _tokenizer(args):
     return build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
-                           args.vocab_file, args.merge_file)
+                           args.vocab_file, args.merge_file, args.legacy_null_tokenizer)
 
 
 class Encoder:
@@ -314,7 +314,10 @@ def get_args(argv=None):
                    help="sentencepiece .model, or tokenizer.json / a directory with it or vocab.json + merges.txt")
     g.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
     g.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
-    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="NullTokenizer vocabulary size V (end-of-document id V - 1)")
+    g.add_argument("--legacy-null-tokenizer", action="store_true",
+                   help="NullTokenizer as Megatron-LM before core 0.18: end-of-document id V (V + 1 ids)")
     g.add_argument("--append-eod", action="store_true", help="append the eod token to each document")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")

@@ -7,6 +7,9 @@ megaclap (tests/test_import_graph.py), and every other layer imports it.
     checks.py         validate_config: the start-up rules across sections, in a fixed order
     megatron.py       Megatron-LM rules: model shape, the schedule in samples, LR horizons
     habit_flags.py    Megatron-LM flags accepted with no effect, and features megaclap lacks
+    megatron_flags.py every other Megatron-LM flag answered (no effect or refused), from the
+                      shipped list megatron_flags.tsv (tools/megatron_flags.py regenerates it)
+    megatron_answers.py  the answers: per flag, family and Megatron group, with reasons
     batch_schedule.py the global batch size as a function of consumed samples
     codec_spec.py     the grammar of codec specs (--pp-fwd-codec ...)
     units.py          link rates, delays and K/M/B/T counts

@@ -49,9 +49,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
     The model-size flags Megatron-LM requires are required here too (ConfigError when missing);
     the dataclasses keep defaults for library use."""
     try:
-        ns = build_parser().parse_args(argv)
-    except argparse.ArgumentError as e:   # a bad value (choices, type); unknown flags still exit with usage
+        ns, unknown = build_parser().parse_known_args(argv)
+    except argparse.ArgumentError as e:   # a bad value (choices, type, missing value)
         raise ConfigError(_value_error(e)) from None
+    if unknown:   # one line, not argparse's usage dump
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(f"unrecognized argument{plural} {' '.join(unknown)}: neither a megaclap nor a "
+                          "Megatron-LM flag (--help lists megaclap's)")
     missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "

@@ -49,7 +49,8 @@ class DataConfig:
 
     tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
     """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
-    HuggingFaceTokenizer or NullTokenizer."""
+    HuggingFaceTokenizer or NullTokenizer (GPT2BPETokenizer when --vocab-file or --merge-file
+    is given, as Megatron-LM's pretrain_gpt.py)."""
 
     tokenizer_model: Optional[str] = None
     """--tokenizer-model: sentencepiece .model, or tokenizer.json, or a directory with
@@ -60,6 +61,15 @@ class DataConfig:
 
     merge_file: Optional[str] = None
     """--merge-file: GPT2BPETokenizer's merges.txt."""
+
+    legacy_null_tokenizer: bool = False
+    """--legacy-null-tokenizer: NullTokenizer --vocab-size V as Megatron-LM before core 0.18:
+    V + 1 ids, end-of-document id V (now V ids, end-of-document id V - 1), for datasets built
+    with that rule."""
+
+    def __post_init__(self):
+        if self.tokenizer_type is None and (self.vocab_file or self.merge_file):
+            self.tokenizer_type = "GPT2BPETokenizer"   # Megatron's pretrain_gpt.py default
 
     def validate(self):
         """Raise ValueError with a one-line message naming the flag to change."""

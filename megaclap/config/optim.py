@@ -63,10 +63,11 @@ class OptimConfig:
     gradient norm or pipeline Channel values are NaN/inf (one host read per step). Default, as
     Megatron: stop with one line naming the iteration, saving nothing over the last good
     checkpoint (checked on log steps and before saves, no per-step sync). fp16 always skips."""
-    override_opt_param_scheduler: bool = field(default=False, metadata={"flag": "--override-opt_param-scheduler"})
+    override_opt_param_scheduler: bool = field(default=False, metadata={
+        "flag": "--override-opt_param-scheduler", "aliases": ("--override-opt-param-scheduler",)})
     """--override-opt_param-scheduler: on resume, use this run's LR schedule flags instead of the checkpoint's."""
-    use_checkpoint_opt_param_scheduler: bool = field(default=False,
-                                                     metadata={"flag": "--use-checkpoint-opt_param-scheduler"})
+    use_checkpoint_opt_param_scheduler: bool = field(default=False, metadata={
+        "flag": "--use-checkpoint-opt_param-scheduler", "aliases": ("--use-checkpoint-opt-param-scheduler",)})
     """--use-checkpoint-opt_param-scheduler: on resume, keep the checkpoint's LR schedule, ignoring the flags."""
 
     def __post_init__(self):

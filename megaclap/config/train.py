@@ -45,7 +45,7 @@ class TrainConfig:
     """--save: checkpoint directory."""
     load: Optional[str] = None
     """--load: checkpoint directory to resume from."""
-    save_interval: Optional[int] = None
+    save_interval: Optional[int] = field(default=None, metadata={"aliases": ("--persistent-save-interval",)})
     """--save-interval: steps between checkpoints."""
     finetune: bool = False
     """--finetune: load weights only and reset the iteration."""

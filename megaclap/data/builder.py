@@ -207,7 +207,8 @@ def check_vocab(dataset, vocab_size, cache_dir=None):
         raise UserValueError(
             f"--data-path {dataset.prefix}: token id {bad} is outside the model's vocabulary [0, {vocab_size}) "
             "(--vocab-size / the tokenizer's size); train with the tokenizer the data was preprocessed with "
-            "(NullTokenizer's end-of-document id is its --vocab-size, so its vocabulary is --vocab-size + 1)")
+            "(a NullTokenizer dataset built with Megatron-LM's older rule, end-of-document id = "
+            "--vocab-size, needs --legacy-null-tokenizer)")
     return dataset
 
 

@@ -13,8 +13,10 @@
                                vocab.json + merges.txt (byte-level BPE); eod is
                                tokenizer_config.json's eos_token, else a well-known
                                end-of-text token found in the vocabulary.
-    NullTokenizer              text of space-separated ids, as Megatron's: --vocab-size V
-                               gives vocab_size V + 1 and eod = V.
+    NullTokenizer              text of space-separated ids, as Megatron-LM's since core 0.18
+                               (c9dfe34798): --vocab-size V gives vocab_size V and eod = V - 1;
+                               legacy=True (--legacy-null-tokenizer) keeps the older rule,
+                               vocab_size V + 1 and eod = V, for datasets built with it.
 
 Heavy libraries are imported only when the matching tokenizer is built.
 """
@@ -168,16 +170,16 @@ class GPT2BPETokenizer(HuggingFaceTokenizer):
 
 
 class NullTokenizer:
-    """Megatron's NullTokenizer: '3 1 4' <-> [3, 1, 4]; vocab_size = V + 1, eod = V."""
+    """Megatron's NullTokenizer: '3 1 4' <-> [3, 1, 4]; vocab_size = V, eod = V - 1
+    (legacy: vocab_size = V + 1, eod = V, Megatron-LM's rule before core 0.18)."""
 
     bos = None
 
-    def __init__(self, vocab_size):
+    def __init__(self, vocab_size, legacy=False):
         if vocab_size is None:
             raise UserValueError("--tokenizer-type NullTokenizer needs --vocab-size")
-        self._vocab_size_without_eod = int(vocab_size)
-        self.eod = self._vocab_size_without_eod
-        self.vocab_size = self._vocab_size_without_eod + 1
+        self.vocab_size = int(vocab_size) + (1 if legacy else 0)
+        self.eod = self.vocab_size - 1
 
     def tokenize(self, text):
         """'3 1 4' -> [3, 1, 4]."""
@@ -189,9 +191,9 @@ class NullTokenizer:
 
 
 def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab_file=None,
-                    merge_file=None):
+                    merge_file=None, legacy_null_tokenizer=False):
     """Tokenizer by Megatron-LM type name (--tokenizer-type, --tokenizer-model, --vocab-size,
-    --vocab-file, --merge-file)."""
+    --vocab-file, --merge-file, --legacy-null-tokenizer)."""
     if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
                           "HuggingFaceTokenizer") and not tokenizer_model:
         raise UserValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model")
@@ -206,5 +208,5 @@ def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab
             raise UserValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
         return GPT2BPETokenizer(vocab_file, merge_file)
     if tokenizer_type == "NullTokenizer":
-        return NullTokenizer(vocab_size)
+        return NullTokenizer(vocab_size, legacy_null_tokenizer)
     raise UserValueError(f"--tokenizer-type {tokenizer_type}: choose one of {', '.join(TOKENIZER_TYPES)}")

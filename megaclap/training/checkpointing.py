@@ -31,6 +31,7 @@ import torch.distributed as dist
 from megaclap.checkpoint import format as fmt
 from megaclap.checkpoint.format import (RESHARD_HINT, TRACKER, CheckpointError, iter_dir,  # noqa: F401
                                         rank_dir, read_tracker, write_tracker)
+from megaclap.checkpoint.megatron_files import refuse_megatron_checkpoint
 from megaclap.training import resume_checks
 from megaclap.training.startup import checkpoint_line
 
@@ -158,6 +159,7 @@ class Checkpointer:
             for note in fmt.recover(root):
                 self.print(f" note: {note}")
         _barrier()
+        refuse_megatron_checkpoint(root)   # Megatron-LM's own checkpoint: one line naming the converter
         it = read_tracker(root)
         if it is None:
             if self.ps.rank == 0:

@@ -13,19 +13,29 @@ from megaclap.config import ConfigError, MegaclapConfig, parse_args
 from megaclap.errors import EXIT_CODE, UserError, report
 
 
-def resolve_vocab_size(cfg: MegaclapConfig) -> None:
-    """Take --vocab-size from the tokenizer when one is given and the flag is not.
+def resolve_vocab_size(cfg: MegaclapConfig) -> Optional[str]:
+    """Size the model's vocabulary as Megatron-LM does; returns a start-up note when the
+    tokenizer overrides --vocab-size.
 
-    NullTokenizer --vocab-size V has V + 1 ids (its end-of-document id is V), so the model's
-    vocabulary is V + 1, as in Megatron."""
-    if cfg.data.tokenizer_type == "NullTokenizer" and cfg.model.vocab_size is not None:
-        cfg.model.vocab_size += 1
-        return
-    if cfg.model.vocab_size is None and cfg.data.tokenizer_type and not cfg.data.mock_data:
-        from megaclap.data.tokenizers import build_tokenizer
-        d = cfg.data
-        cfg.model.vocab_size = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file,
-                                               d.merge_file).vocab_size
+    NullTokenizer --vocab-size V has V ids (end-of-document id V - 1), as in Megatron-LM since
+    core 0.18; with --legacy-null-tokenizer V + 1 (end-of-document id V), the older rule. Any
+    other tokenizer (with real data) gives its own size: Megatron reads --vocab-size for
+    NullTokenizer only (its Llama script passes --vocab-size 128256 with a HuggingFaceTokenizer)."""
+    d = cfg.data
+    if d.tokenizer_type == "NullTokenizer":
+        if cfg.model.vocab_size is not None:
+            cfg.model.vocab_size += 1 if d.legacy_null_tokenizer else 0
+        return None
+    if not d.tokenizer_type or d.mock_data:
+        return None
+    from megaclap.data.tokenizers import build_tokenizer
+    tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file, d.merge_file)
+    size = tokenizer.vocab_size
+    given, cfg.model.vocab_size = cfg.model.vocab_size, size
+    if given is None or given == size:
+        return None
+    return (f" > --vocab-size {given}: the vocabulary is the tokenizer's, {size} ids (Megatron-LM reads "
+            "--vocab-size for NullTokenizer only)")
 
 
 def setup(argv: Optional[Sequence[str]] = None):
@@ -33,8 +43,10 @@ def setup(argv: Optional[Sequence[str]] = None):
     from megaclap.parallel.state import initialize_distributed
     cfg = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    resolve_vocab_size(cfg)
+    note = resolve_vocab_size(cfg)
     cfg.validate(world_size)
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, flush=True)
     p = cfg.parallel
     pstate = initialize_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                                     p.distributed_timeout_minutes, p.distributed_backend)
@@ -61,7 +73,7 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
 
 def _train(cfg: MegaclapConfig, pstate, print_fn, tag: str):
     from megaclap.training.checkpointing import Checkpointer
-    from megaclap.training.logging import format_validation_line
+    from megaclap.training.logging import format_validation_line, validation_block
     from megaclap.training.startup import checkpoint_line, startup_summary
     from megaclap.training.trainer import Trainer
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
@@ -77,10 +89,12 @@ def _train(cfg: MegaclapConfig, pstate, print_fn, tag: str):
                                  "weights only" if cfg.train.finetune else "model, optimizer, scheduler, data cursor"))
     trainer.train(checkpointer)
     checkpointer.finish(trainer)
-    if trainer.data.test is not None and cfg.train.eval_iters > 0:
-        loss = trainer.evaluate(trainer.data.test)
-        if pstate.is_logging_rank:
-            print_fn(format_validation_line(trainer.iteration, loss, prefix="test"))
+    for source, split in ((trainer.data.valid, "validation set"), (trainer.data.test, "test set")):
+        if source is not None and cfg.train.eval_iters > 0:   # as Megatron after training
+            loss = trainer.evaluate(source)
+            if pstate.is_logging_rank:
+                for line in validation_block(format_validation_line(trainer.iteration, loss, split)):
+                    print_fn(line)
     return trainer
 
 

@@ -26,7 +26,7 @@ from megaclap.training import telemetry, timers
 from megaclap.errors import UserError
 from megaclap.training.grads import GradBuffer, any_rank, clip_grad_norm, unscale_and_check
 from megaclap.training.logging import (TensorBoard, flops_per_token, format_train_line,
-                                       format_validation_line)
+                                       format_validation_line, validation_block)
 from megaclap.training.optimizer import LossScaler, LRScheduler, build_optimizer
 
 
@@ -247,6 +247,7 @@ class Trainer:
         """Steps run without host syncs; losses and the grad norm stay on the device and are
         reduced and read once per --log-interval (_IntervalLog.reduce), which also fills history."""
         t, log = self.cfg.train, _IntervalLog()
+        first = True   # Megatron also logs the run's first iteration, without closing the interval
         while self.iteration < t.train_iters:
             try:
                 batch = self.data.train.next_batch(self.batch_schedule.at(self.consumed_samples))
@@ -254,7 +255,8 @@ class Trainer:
                 if self.ps.is_logging_rank:
                     self.print(f" stopping at iteration {self.iteration}: {e}")
                 break
-            log_step = (self.iteration + 1) % t.log_interval == 0 or self.iteration + 1 == t.train_iters
+            log_step = (first or (self.iteration + 1) % t.log_interval == 0
+                        or self.iteration + 1 == t.train_iters)
             start = time.perf_counter()
             out = self.train_step(batch, sync=False, measure=log_step)
             if log_step and self.ps.device.type == "cuda":
@@ -264,6 +266,10 @@ class Trainer:
                 self.check_finite()
                 self._log(log.reduce(self))
                 log = _IntervalLog()
+            elif first:
+                self.check_finite()
+                self._log(log.reduce(self), first=True)
+            first = False
             if self.data.valid is not None and t.eval_due(self.iteration):
                 self._log_validation(self.evaluate())
             if checkpointer is not None and checkpointer.after_step(self):
@@ -300,11 +306,17 @@ class Trainer:
             self.comm_total[..., 4] = arr[..., 4]
         return arr
 
-    def _log(self, log: "_IntervalLog") -> None:
-        comp = self.gather_telemetry()
-        store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
-        wire = simlink.gather(self.link, self.ps) if self.link is not None else None
-        phases = self.timers.gather(self.ps) if self.timers.level > 0 else None
+    def _log(self, log: "_IntervalLog", first: bool = False) -> None:
+        """The interval's log line and TensorBoard scalars. `first`: the run's first iteration
+        inside a longer interval, logged as Megatron does: the line only (no telemetry, which
+        the interval's own line reports, and no TensorBoard point)."""
+        if first:
+            comp = store_rows = wire = phases = None
+        else:
+            comp = self.gather_telemetry()
+            store_rows = telemetry.store_rows_by_dp_rank(self.p2p, self.ps)  # AQ-SGD rows per dp rank
+            wire = simlink.gather(self.link, self.ps) if self.link is not None else None
+            phases = self.timers.gather(self.ps) if self.timers.level > 0 else None
         if not self.ps.is_logging_rank:
             return
         c, m = self.cfg, self.cfg.model
@@ -325,9 +337,11 @@ class Trainer:
         self.print(format_train_line(self.iteration, c.train.train_iters, samples, sec * 1000, tflops, lr, gbs,
                                      loss, self.scaler.scale, log.grad_norm, self.skipped, self.nans,
                                      tokens_s, extra))
+        if first:
+            return
         scalars = {"lm loss": loss, "learning-rate": lr, "grad-norm": log.grad_norm, "loss-scale": self.scaler.scale,
                    "iteration-time": sec, "throughput": tflops, "batch-size": gbs, "tokens-per-second": tokens_s}
-        self.tb.scalars(scalars, self.iteration, samples)
+        self.tb.scalars({k: v for k, v in scalars.items() if v is not None}, self.iteration, samples)
         if comp is not None:
             self.tb.scalars(telemetry.tb_scalars(comp), self.iteration, samples, vs_samples=False)
         if wire is not None:
@@ -340,9 +354,8 @@ class Trainer:
     def _log_validation(self, loss: float) -> None:
         if self.ps.is_logging_rank:
             samples = self.consumed_samples
-            self.print("-" * 100)
-            self.print(format_validation_line(self.iteration, loss))
-            self.print("-" * 100)
+            for line in validation_block(format_validation_line(self.iteration, loss)):
+                self.print(line)
             self.tb.scalars({"lm loss validation": loss, "lm loss validation ppl": math.exp(min(20.0, loss))},
                             self.iteration, samples)
 
@@ -354,15 +367,16 @@ class _IntervalLog:
     clock stops, so the interval's sum covers the queued GPU work."""
 
     def __init__(self):
-        self.steps, self.seconds, self.loss, self.grad_norm = 0, 0.0, 0.0, float("nan")
+        self.steps, self.seconds, self.loss, self.grad_norm = 0, 0.0, 0.0, None
         self._losses: list = []  # (iteration, this rank's loss tensor or None)
         self._norm = None
+        self._in_history = 0     # losses already appended to trainer.history (a first-iteration line)
 
     def add(self, iteration: int, out: dict, seconds: float) -> None:
         self.steps += 1
         self.seconds += seconds
         self._losses.append((iteration, out["loss"]))
-        self._norm = out["grad_norm"]  # None on a skipped step (logged as nan)
+        self._norm = out["grad_norm"]  # None on a skipped step (the field is left out of the line)
 
     def reduce(self, trainer: "Trainer") -> "_IntervalLog":
         """Average the losses over dp (one collective) and read them and the norm (one sync);
@@ -372,7 +386,8 @@ class _IntervalLog:
             values = trainer._dp_mean(torch.stack([loss for _, loss in self._losses]))
         else:
             values = [float("nan")] * len(iters)
-        trainer.history.extend(zip(iters, values))
+        trainer.history.extend(list(zip(iters, values))[self._in_history:])
+        self._in_history = len(iters)
         self.loss = sum(values)
-        self.grad_norm = float("nan") if self._norm is None else self._norm.item()
+        self.grad_norm = None if self._norm is None else self._norm.item()
         return self

@@ -10,9 +10,11 @@
         --target-tensor-parallel-size 1 --target-pipeline-parallel-size 2
 
 Local folders only (config.json + model.safetensors / pytorch_model.bin); nothing is
-downloaded. `--loader megatron` reads Megatron-LM's legacy torch checkpoints (mcore names,
-any tp x pp, weights only; see megaclap/checkpoint/megatron.py). A megaclap save prints the
-model flags to train or finetune it with.
+downloaded. `--loader megatron` reads Megatron-LM's checkpoints of either format, legacy
+`torch` (mp_rank_*/model_optim_rng.pt) or `torch_dist` (torch.distributed.checkpoint),
+mcore names, any tp x pp, weights only, without Megatron installed; a setting of the run's
+args that megaclap cannot honour fails in one line naming it (megaclap/checkpoint/megatron*.py).
+A megaclap save prints the model flags to train or finetune it with.
 """
 from __future__ import annotations
 
@@ -73,9 +75,7 @@ def special_tokens_of(args: dict) -> dict:
     if not known and data.get("tokenizer_type"):
         from megaclap.data.tokenizers import build_tokenizer
         try:
-            vocab = (args.get("model") or {}).get("vocab_size")
-            if data["tokenizer_type"] == "NullTokenizer" and vocab:
-                vocab -= 1  # the model's vocabulary holds NullTokenizer's eod id (V + 1 ids)
+            vocab = (args.get("model") or {}).get("vocab_size")   # NullTokenizer: eod = vocab - 1
             tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"), vocab,
                                   data.get("vocab_file"), data.get("merge_file"))
         except (OSError, ValueError):
