@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["megaclap", "megaclap.*"]),
+    package_data={"megaclap.config": ["megatron_flags.tsv"]},
     python_requires=">=3.10",
     # torch is installed first, pinned, by the Makefile (TORCH_SPEC): an unpinned torch
     # would pull several GB of CUDA wheels on a CPU machine.

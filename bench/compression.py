@@ -1,21 +1,27 @@
-"""Codec benchmark: bytes on the wire and encode+decode throughput on one pipeline boundary.
+"""Codec benchmark: bytes on the wire, encode+decode throughput, error on real boundary tensors.
 
     python -m bench.compression [--out bench/results/compression.json] [--reps 7]
     python -m bench.compression --speedup-only --baseline-codecs /path/to/old/megaclap/compression/codecs.py
+    python -m bench.compression --real-only --data-args "<data flags>" \
+        --out bench/results/compression_real.json
 
 (1) Wire table: payload bytes and payload/raw ratio of each codec for a GPT-2-small boundary
     tensor [b=1, s=1024, h=768] in bf16 and fp32 (pure arithmetic: payload_nbytes, checked
     against a real encode).
-(3) Convergence: GPT-tiny at PP=2 for each method (bench/convergence.py).
-(4) Before/after (--baseline-codecs): randk and quant encode+decode GB/s on a [1, 2048, 4096]
-    fp32 tensor, this tree's codecs against another checkout's codecs.py (loaded by path).
 (2) Throughput: encode + decode, in GB/s of the raw tensor, next to a plain x.clone() of the
     same tensor measured in the same run (median of --reps after one warm-up), on CPU and,
     when available, CUDA (synchronised around each timing).
-(4) hquant vs quant at the same bits: encode+decode GB/s as in (2), and relative error
-    ||x_hat - x|| / ||x|| on real boundary tensors: the activation leaving layer 2 of a
-    4-layer GPT (h=128, seq 128, micro batch 8; the PP=2 boundary) and its gradient, after
-    --hquant-steps training steps on --data-args (`--hquant-only` runs this section alone).
+(3) Convergence: GPT-tiny at PP=2 for each method (bench/convergence.py; --convergence-steps 0
+    skips it).
+(4) Before/after (--speedup-only --baseline-codecs): encode+decode GB/s on a [1, 2048, 4096]
+    fp32 tensor, this tree's codecs against another checkout's codecs.py (loaded by path),
+    before and after alternating rep by rep (CPU: one thread, process CPU time, robust to a
+    shared box; CUDA: synchronised wall time).
+(5) Codecs on real boundary tensors (--real-only): bits per element, payload ratio (bf16 and
+    fp32), relative error ||x_hat - x|| / ||x|| on the activation leaving layer 2 of a 4-layer
+    GPT (h=128, seq 128, micro batch 8; the PP=2 boundary) and on its gradient, after
+    --real-steps training steps on --data-args; and CPU GB/s on the [1, 1024, 768] tensor of
+    (1) (one thread, process CPU time, median of --reps).
 """
 
 import argparse
@@ -30,7 +36,8 @@ import torch
 from megaclap.compression.codecs import parse_codec
 
 CODECS = ["identity", "cast:bf16", "cast:fp16", "topk:0.1", "topk:0.01", "randk:0.1",
-          "quant:8", "quant:4", "quant:2"]
+          "quant:8", "quant:4", "quant:2", "hquant:4", "hquant:2", "hquant:1", "hquant:1:sr",
+          "topk:0.1:q8", "topk:0.05:q8", "topk:0.1:q4", "randk:0.1:q8", "lowrank:8", "lowrank:32"]
 SHAPE = (1, 1024, 768)  # [b, s, h]: GPT-2 small, one sequence
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOPK_CHUNK_SLACK = 1e-4  # topk keeps ceil(0.1 * 65536) = 6554 per chunk: 0.20001x, not 0.2x
@@ -51,6 +58,7 @@ def wire_table() -> list:
     ratio = {(r["dtype"], r["codec"]): r["ratio"] for r in rows}
     assert ratio[("bf16", "topk:0.1")] <= 0.2 + TOPK_CHUNK_SLACK, ratio[("bf16", "topk:0.1")]
     assert ratio[("bf16", "quant:4")] <= 0.27, ratio[("bf16", "quant:4")]
+    assert ratio[("bf16", "hquant:1")] == 1.25 / 16, ratio[("bf16", "hquant:1")]  # 1.25 bits
     return rows
 
 
@@ -78,13 +86,7 @@ def throughput_table(device: torch.device, reps: int) -> list:
         rows.append({"device": device.type, "dtype": dname, "codec": "x.clone()", "ms": secs * 1e3,
                      "gbps": raw / secs / 1e9})
         for spec in CODECS:
-            codec, seeds = parse_codec(spec), iter(range(1 << 30))
-
-            def round_trip(codec=codec, seeds=seeds):  # a new seed per step, as in training
-                seed = next(seeds)
-                return codec.decode(codec.encode(x, seed=seed), SHAPE, dtype, seed=seed)
-
-            secs = _median_seconds(round_trip, device, reps)
+            secs = _median_seconds(_round_trip(parse_codec(spec), x), device, reps)
             rows.append({"device": device.type, "dtype": dname, "codec": spec, "ms": secs * 1e3,
                          "gbps": raw / secs / 1e9})
     return rows
@@ -92,7 +94,8 @@ def throughput_table(device: torch.device, reps: int) -> list:
 
 SPEEDUP_SHAPE = (1, 2048, 4096)
 RANDK_DRAW = "randk:0.1 indices"
-SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "quant:4:sr"]
+SPEEDUP_CODECS = ["randk:0.1", RANDK_DRAW, "quant:8", "quant:4", "quant:2", "quant:4:sr", "hquant:4",
+                  "hquant:4:sr", "hquant:2", "topk:0.1"]
 
 
 def _load_codecs(path: str):
@@ -108,45 +111,69 @@ def _load_codecs(path: str):
     return importlib.import_module(f"{name}.{os.path.splitext(os.path.basename(path))[0]}")
 
 
-def _median_cpu_seconds(fn, reps: int) -> float:
-    """Median process CPU time (user + system) of fn() on one thread: robust to a shared, loaded box."""
+def _cpu_seconds(fn) -> float:
+    """Process CPU time (user + system) of one fn() call: robust to a shared, loaded box."""
+    start = time.process_time()
     fn()
-    times = []
-    for _ in range(reps):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    return time.process_time() - start
+
+
+def _wall_seconds(fn, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def _round_trip(codec, x: torch.Tensor, draw_only: bool = False):
+    """A call doing one encode + decode with a new seed each time, as in training (the randk
+    index draw alone with draw_only)."""
+    seeds = iter(range(1 << 30))
+    if draw_only:
+        return lambda: codec.indices(x.numel(), next(seeds), x.device)
+
+    def run():
+        seed = next(seeds)
+        return codec.decode(codec.encode(x, seed=seed), x.shape, x.dtype, seed=seed)
+    return run
 
 
 def speedup_table(baseline_path: str, device: torch.device, reps: int) -> list:
-    """encode+decode GB/s of the baseline codecs and of this tree's, same tensor and seeds
-    (CPU: one thread, process CPU time; CUDA: synchronised wall time)."""
+    """encode+decode GB/s of the baseline codecs and of this tree's on the same tensor, the two
+    alternating rep by rep after one warm-up each (so load changes hit both alike)."""
     old = _load_codecs(baseline_path)
     x = torch.randn(SPEEDUP_SHAPE, device=device)
     raw, rows = x.numel() * x.element_size(), []
     for spec in SPEEDUP_CODECS:
+        name = spec.split()[0]
+        calls = {label: _round_trip(parse(name), x, spec == RANDK_DRAW)
+                 for label, parse in (("before", old.parse_codec), ("after", parse_codec))}
+        times = {"before": [], "after": []}
+        for rep in range(reps + 1):
+            for label, call in calls.items():
+                secs = _cpu_seconds(call) if device.type == "cpu" else _wall_seconds(call, device)
+                if rep:  # rep 0 warms up
+                    times[label].append(secs)
         row = {"device": device.type, "codec": spec, "shape": list(SPEEDUP_SHAPE), "dtype": "fp32"}
-        for label, parse in (("before", old.parse_codec), ("after", parse_codec)):
-            codec, seeds = parse(spec.split()[0]), iter(range(1 << 30))
-
-            def round_trip(codec=codec, seeds=seeds):
-                seed = next(seeds)
-                return codec.decode(codec.encode(x, seed=seed), SPEEDUP_SHAPE, x.dtype, seed=seed)
-
-            if spec == RANDK_DRAW:  # the index draw alone (a fresh seed: no memo)
-                codec = parse(spec.split()[0])
-                round_trip = lambda codec=codec, seeds=seeds: codec.indices(x.numel(), next(seeds), device)  # noqa: E731
-            secs = _median_cpu_seconds(round_trip, reps) if device.type == "cpu" else \
-                _median_seconds(round_trip, device, reps)
+        for label, ts in times.items():
+            secs = statistics.median(ts)
             row[f"ms_{label}"], row[f"gbps_{label}"] = secs * 1e3, raw / secs / 1e9
         row["speedup"] = row["ms_before"] / row["ms_after"]
-HQUANT_SPECS = ["quant:8", "hquant:8", "quant:4", "hquant:4", "hquant:3", "quant:2", "hquant:2"]
+        rows.append(row)
+    return rows
+
+
+REAL_SPECS = ["quant:8", "hquant:8", "quant:4", "hquant:4", "hquant:3", "quant:2", "hquant:2",
+              "hquant:1", "hquant:1:sr", "topk:0.1", "topk:0.1:q8", "topk:0.05:q8", "topk:0.1:q4",
+              "randk:0.1",
+              "randk:0.1:q8", "lowrank:8", "lowrank:32"]
 
 
 def boundary_tensors(data_args: list, steps: int) -> tuple:
     """(activation, gradient) [8, 128, 128] at the middle of a 4-layer GPT after `steps` steps."""
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.state import ParallelState
     from megaclap.training.trainer import Trainer
     argv = ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",
@@ -169,20 +196,25 @@ def boundary_tensors(data_args: list, steps: int) -> tuple:
     return got["act"], got["grad"]
 
 
-def hquant_table(act: torch.Tensor, grad: torch.Tensor, reps: int) -> list:
-    """GB/s (CPU, GPT-2-small boundary shape) and relative error on the real tensors per codec."""
+def real_table(act: torch.Tensor, grad: torch.Tensor, reps: int) -> list:
+    """Per codec: bits per element, payload ratio, relative error on the real tensors, and CPU
+    GB/s (one thread, process CPU time) on the GPT-2-small boundary shape."""
     rows = []
-    for spec in HQUANT_SPECS:
-        codec, row = parse_codec(spec), {"codec": spec}
-        for dname, dtype in DTYPES.items():
-            x = torch.randn(SHAPE).to(dtype)
-            secs = _median_seconds(lambda: codec.decode(codec.encode(x, seed=1), SHAPE, dtype, seed=1),
-                                   torch.device("cpu"), reps)
-            row[f"gbps_{dname}"] = x.numel() * x.element_size() / secs / 1e9
+    for spec in REAL_SPECS:
+        codec, n = parse_codec(spec), act.numel()
+        nbytes = {d: codec.payload_nbytes(act.shape, d) for d in (torch.bfloat16, torch.float32)}
+        row = {"codec": spec, "bits_per_elem_bf16": nbytes[torch.bfloat16] * 8 / n,
+               "ratio_bf16": nbytes[torch.bfloat16] / (2 * n),
+               "ratio_fp32": nbytes[torch.float32] / (4 * n)}
         for name, t in (("act", act), ("grad", grad)):
             y = codec.decode(codec.encode(t, seed=5), t.shape, t.dtype, seed=5)
             row[f"rel_err_{name}"] = float((y - t).norm() / t.norm())
-        row["ratio_fp32"] = codec.payload_nbytes(act.shape, torch.float32) / (act.numel() * 4)
+        for dname, dtype in DTYPES.items():
+            x = torch.randn(SHAPE).to(dtype)
+            call = _round_trip(codec, x)
+            call()
+            secs = statistics.median(_cpu_seconds(call) for _ in range(reps))
+            row[f"gbps_{dname}"] = x.numel() * x.element_size() / secs / 1e9
         rows.append(row)
     return rows
 
@@ -206,17 +238,20 @@ def main() -> None:
     parser.add_argument("--baseline-codecs", default=None,
                         help="codecs.py of another checkout: adds the before/after table (4)")
     parser.add_argument("--speedup-only", action="store_true", help="run only table (4)")
-    parser.add_argument("--hquant-steps", type=int, default=100, help="training steps before (5) captures tensors")
-    parser.add_argument("--hquant-only", action="store_true", help="run only table (5)")
+    parser.add_argument("--real-steps", type=int, default=100,
+                        help="training steps before (5) captures tensors")
+    parser.add_argument("--real-only", action="store_true", help="run only table (5)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.hquant_only:
-        act, grad = boundary_tensors(args.data_args.split(), args.hquant_steps)
-        rows = hquant_table(act, grad, args.reps)
-        print_table(f"(5) hquant vs quant: CPU GB/s on {list(SHAPE)}, rel err on real boundary tensors "
-                    f"{list(act.shape)} after {args.hquant_steps} steps", rows,
-                    ["codec", "ratio_fp32", "gbps_bf16", "gbps_fp32", "rel_err_act", "rel_err_grad"])
-        _write(args.out, {"hquant": rows, "data_args": args.data_args, "steps": args.hquant_steps,
+    if args.real_only:
+        act, grad = boundary_tensors(args.data_args.split(), args.real_steps)
+        torch.set_num_threads(1)
+        rows = real_table(act, grad, args.reps)
+        print_table(f"(5) codecs on real boundary tensors {list(act.shape)} after {args.real_steps} "
+                    f"steps (rel err), CPU GB/s on {list(SHAPE)} (one thread, median of {args.reps})",
+                    rows, ["codec", "bits_per_elem_bf16", "ratio_bf16", "ratio_fp32", "rel_err_act",
+                           "rel_err_grad", "gbps_bf16", "gbps_fp32"])
+        _write(args.out, {"real": rows, "data_args": args.data_args, "steps": args.real_steps,
                           "torch": torch.__version__, "cpu_threads": torch.get_num_threads()})
         return
     if args.speedup_only:

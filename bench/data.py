@@ -135,7 +135,8 @@ def child_loader(a):
     """Read `batches` global batches of 64 x 1025 tokens from a cached index; speed + RSS."""
     import torch  # noqa: F401  (the trainer has it loaded too: part of the baseline)
 
-    from megaclap.data import DataConfig, build_data_sources
+    from megaclap.config import DataConfig
+    from megaclap.data import build_data_sources
 
     base = _maxrss_mb(resource.RUSAGE_SELF)
     cfg = DataConfig(data_path=[a["prefix"]], split="1,0,0", data_cache_path=a["cache"])

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from bench.reference_gpt import GPT
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.parallel.state import ParallelState
 from megaclap.training.logging import flops_per_token
 from megaclap.training.trainer import Trainer

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from megaclap.parallel.simlink import parse_latency
+from megaclap.config.units import parse_latency
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer
 
@@ -124,7 +124,7 @@ def schedule_model(pp: int, m: int, schedule: str, s_msg: float, latency: float,
     """Step time the time model (megaclap.parallel.timemodel) predicts for this schedule: compute
     c_mb per microbatch and stage (1/3 forward, 2/3 backward), s_msg of serialisation per message
     over the simulated link's wires, plus latency."""
-    from megaclap.parallel.simlink import Link
+    from megaclap.config.links import Link
     from megaclap.parallel.timemodel import step_time, uniform_stages
     stages = uniform_stages(schedule, m, pp, c_mb / 3, 2 * c_mb / 3, nbytes=1)
     return step_time(schedule, m, stages, Link(8 / s_msg, latency))

@@ -79,7 +79,8 @@ def parse_log(text: str) -> dict:
             steps.append({"ms": float(field["elapsed time per iteration (ms)"]), "loss": float(field["lm loss"]),
                           "sent": float(field.get("pp bytes sent", 0)), "raw": float(field.get("pp raw bytes", 0))})
     val = [float(x) for x in re.findall(r"validation loss at iteration \d+ \| lm loss value: ([-+0-9.E]+)", text)]
-    test = [float(x) for x in re.findall(r"test loss at iteration \d+ \| lm loss value: ([-+0-9.E]+)", text)]
+    test = [float(x) for x in re.findall(r"(?:test loss at iteration \d+|loss at iteration \d+ on test set) \| "
+                                         r"lm loss value: ([-+0-9.E]+)", text)]
     return {"steps": steps, "val": val[-1] if val else None, "test": test[-1] if test else None,
             "eval_passes": len(val) + len(test)}
 

@@ -57,7 +57,7 @@ def _train(rank, world, argv):
 
 
 def _train_emulated(rank, world, argv):
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.emulate import run_pipeline
     from megaclap.parallel.state import ParallelState
     from megaclap.training.trainer import Trainer
@@ -124,7 +124,7 @@ def _overhead_worker(rank, world, steps: int, warmup: int) -> list:
     back to back in this one process (one torch thread) so that the machine's load hits both
     alike: stage 0 of the emulated pipeline also runs the P=1 trainer's step while the other stages
     wait at a barrier. CPU time (the process's, all threads) does not count waiting for a core."""
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.collectives import barrier
     from megaclap.parallel.emulate import run_pipeline
     from megaclap.parallel.state import ParallelState

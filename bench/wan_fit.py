@@ -1,42 +1,64 @@
-"""WAN speedrun analysis: steady-state step time from timing windows, and steps to a target
-validation loss from noisy evaluation curves (the dense power-law fit plus each run's gap line).
-Pure functions of the logged numbers; bench/wan_speedrun.py runs the cells and reports."""
+"""WAN speedrun analysis: pure functions of logged numbers (bench/wan_speedrun.py runs and reports).
+
+- Steps to target: the first evaluation at or below the target, interpolated linearly from the
+  evaluation before it (evaluations read the same validation tokens each time, so points are
+  not noise around a curve). A power-law fit's crossing is kept only as a diagnostic.
+- Targets: the dense runs' validation loss at 95% of their decayed schedule and their final loss,
+  each the highest over the dense seeds, so every dense seed reaches both within its schedule.
+- Steady-state step time, Protocol NanoGPT's rule: consecutive windows of 10 steps; steady from
+  the first 3 consecutive windows whose means agree within 1%; the step time is their mean.
+  Fresh and lazily repeated steps are timed separately (they send different bytes).
+- T: the sum, over the run's realised sequence of fresh and repeated steps up to the target,
+  of each kind's steady step time (never p times one and 1 - p times the other).
+"""
 from __future__ import annotations
 
 import math
 import statistics
 
 
-def steady_step_time(times: list, fresh: list, p, warmup: int, window: int, weight_p="same") -> dict:
-    """Steady-state seconds per step from per-step times (see the module docstring); fresh and
-    repeated steps weighted by `weight_p` (default: the run's own p). A kind of step the run
-    lacks (a run without lazy sampling has no repeats) takes the other kind's time."""
-    out = {}
-    for kind in ("fresh", "repeat"):
-        ts = [t for t, f in zip(times[warmup:], fresh[warmup:]) if f == (kind == "fresh")]
-        if not ts:
-            continue
-        wins = [statistics.mean(ts[i:i + window]) for i in range(0, len(ts) - window + 1, window)] or [statistics.mean(ts)]
-        med = statistics.median(wins)
-        agree = [w for w in wins if abs(w - med) <= 0.02 * med]
-        out[kind] = {"s": statistics.median(agree or wins), "windows": wins, "agree": len(agree)}
-    q = p if weight_p == "same" else weight_p
-    t_fresh = out.get("fresh", out.get("repeat"))["s"]
-    t_repeat = out.get("repeat", out.get("fresh"))["s"]
-    total = t_fresh if q is None else q * t_fresh + (1 - q) * t_repeat
-    return {"step_s": total, "stable": all(v["agree"] >= 2 for v in out.values()), **out}
-
-
 def steps_to_target(curve, target: float):
-    """First (interpolated) step at which the validation curve [[steps], [losses]] is <= target."""
-    prev = (0, math.inf)
+    """First (interpolated) step at which the validation curve [[steps], [losses]] is <= target;
+    None when it never is. A first evaluation already at or below the target gives its step."""
+    prev = None
     for step, loss in zip(*curve):
         if loss <= target:
-            if not math.isfinite(prev[1]):
+            if prev is None:
                 return float(step)
             return prev[0] + (step - prev[0]) * (prev[1] - target) / (prev[1] - loss)
         prev = (step, loss)
     return None
+
+
+def crossing_gap(curve, target: float):
+    """Steps between the two evaluations that bracket the first crossing (0 when the first
+    evaluation is already at or below the target; None when never): how far apart the points
+    were that the interpolation joined."""
+    prev = None
+    for step, loss in zip(*curve):
+        if loss <= target:
+            return 0 if prev is None else step - prev
+        prev = step
+    return None
+
+
+def loss_at(curve, step: float) -> float:
+    """Validation loss at `step`, linearly interpolated between evaluation points."""
+    steps, losses = curve
+    for (s0, l0), (s1, l1) in zip(zip(steps, losses), zip(steps[1:], losses[1:])):
+        if s0 <= step <= s1:
+            return l0 + (l1 - l0) * (step - s0) / (s1 - s0)
+    if steps and step == steps[-1]:
+        return losses[-1]
+    raise ValueError(f"no validation points around step {step} (evaluated at {steps})")
+
+
+def targets(dense_curves: list, dense_iters: int, fraction: float) -> dict:
+    """{"end": the dense loss at `fraction` of the schedule, "final": the dense final loss}, each
+    the highest over the dense seeds: every dense seed reaches "end" by `fraction` of its decayed
+    schedule and "final" by its last step (the mean would leave the worse half of them short)."""
+    return {"end": max(loss_at(c, fraction * dense_iters) for c in dense_curves),
+            "final": max(loss_at(c, dense_iters) for c in dense_curves)}
 
 
 def fit_power(curve) -> tuple:
@@ -53,39 +75,52 @@ def fit_power(curve) -> tuple:
     return best[1:]
 
 
-def fit_gap(curve, dense, start: float) -> tuple:
-    """Least-squares line (alpha, beta) through curve - dense at their common steps >= start."""
-    import numpy as np
-    ref = dict(zip(*dense))
-    pts = [(s, v - ref[s]) for s, v in zip(*curve) if s in ref and s >= start]
-    x, y = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
-    if len(pts) < 2:
-        return (float(y.mean()) if len(pts) else 0.0, 0.0)
-    beta, alpha = np.polyfit(x, y, 1)
-    return float(alpha), float(beta)
+def fitted_steps_to_target(curve, target: float, limit: float):
+    """Diagnostic only: where a + b * step^-c fitted to the curve crosses the target (<= limit)."""
+    if len(curve[0]) < 3:
+        return None
+    a, b, c = fit_power(curve)
+    if b <= 0 or target <= a:
+        return None
+    step = (b / (target - a)) ** (1 / c)
+    return step if step <= limit else None
 
 
-def smooth_curve(curve, dense, start: float):
-    """step -> dense fit + this run's gap fit (see the module docstring)."""
-    a, b, c = fit_power(dense)
-    alpha, beta = fit_gap(curve, dense, start)
-    return lambda step: a + b * step ** -c + alpha + beta * step
+def steady_state(times: list, window: int = 10, count: int = 3, tol: float = 0.01) -> dict:
+    """Steady-state seconds per step of one kind of step, Protocol NanoGPT's rule (module doc).
+    {"s", "steady", "start" (first step of the steady windows), "windows" (their means)}; no
+    steady stretch: the median window mean with steady False. None without a whole window."""
+    means = [statistics.fmean(times[i:i + window]) for i in range(0, len(times) - window + 1, window)]
+    if not means:
+        return None
+    for i in range(len(means) - count + 1):
+        run = means[i:i + count]
+        if max(run) <= (1 + tol) * min(run):
+            return {"s": statistics.fmean(run), "steady": True, "start": i * window, "windows": means}
+    return {"s": statistics.median(means), "steady": False, "start": None, "windows": means}
 
 
-def steps_to_target_smooth(fn, target: float, limit: float, resolution: float = 0.1):
-    """First step in (0, limit] (on a grid of `resolution`) where fn(step) <= target, else None."""
-    step = resolution
-    while step <= limit:
-        if fn(step) <= target:
-            return step
-        step += resolution
-    return None
+def kind_step_times(times: list, fresh: list, warmup: int = 0, **rule) -> dict:
+    """{"fresh": steady_state(...), "repeat": ...} of a run's per-step times split by kind, the
+    first `warmup` steps left out; a kind the run lacks (or too few steps of it) is None."""
+    out = {}
+    for kind, flag in (("fresh", True), ("repeat", False)):
+        out[kind] = steady_state([t for t, f in zip(times[warmup:], fresh[warmup:]) if f == flag], **rule)
+    return out
 
 
-def loss_at(curve, step: float) -> float:
-    """Validation loss at `step`, linearly interpolated between evaluation points."""
-    steps, losses = curve
-    for (s0, l0), (s1, l1) in zip(zip(steps, losses), zip(steps[1:], losses[1:])):
-        if s0 <= step <= s1:
-            return l0 + (l1 - l0) * (step - s0) / (s1 - s0)
-    raise ValueError(f"no validation points around step {step} (evaluated at {steps})")
+def time_to_target(fresh: list, steps: float, t_fresh: float, t_repeat) -> float:
+    """Seconds to train `steps` (fractional) steps whose kinds are fresh[0], fresh[1], ...:
+    each whole step costs its kind's time, the last partial step its fraction of it."""
+    whole = int(math.floor(steps))
+    if whole > len(fresh) or (whole == len(fresh) and steps > whole):
+        raise ValueError(f"{steps} steps but the run's sequence has {len(fresh)}")
+
+    def cost(f):
+        if f or t_repeat is None:
+            return t_fresh
+        return t_repeat
+    total = sum(cost(f) for f in fresh[:whole])
+    if steps > whole:
+        total += (steps - whole) * cost(fresh[whole])
+    return total

@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import re
 import sys
 import tempfile
 import traceback
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 EXIT_CODE = 2
 _KEY = "megaclap/user_error_reported"
@@ -33,6 +34,34 @@ class UserValueError(UserError, ValueError):
 
 class UserFileNotFoundError(UserError, FileNotFoundError):
     """An input file named by a flag does not exist."""
+
+
+# what gloo and NCCL say when a peer process died, closed its sockets or stopped answering
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting",
+               "Connection refused", "NCCL communicator was aborted", "Watchdog caught collective operation")
+
+
+def peer_failure(exc: BaseException) -> Optional[UserError]:
+    """A UserError for a collective or p2p that failed because another rank died or hung
+    (gloo: RuntimeError naming the closed connection or the timeout; NCCL: DistBackendError);
+    None for anything else."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).strip()
+    try:
+        import torch.distributed as dist
+        dist_error = isinstance(exc, (dist.DistBackendError, dist.DistNetworkError))
+    except (ImportError, AttributeError):
+        dist_error = False
+    if not dist_error and not any(sign in text for sign in _PEER_SIGNS):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(exc).__name__)  # gloo's [file:line]
+    first = first.split(". This is typically caused")[0]  # gloo's advice; ours follows
+    known = UserError(f"a peer process of this job died or stopped answering ({first[:200]}); the job's first "
+                      "error (another rank's output or log) says why; if that rank is only slow, raise "
+                      "--distributed-timeout-minutes")
+    known.__cause__ = exc
+    return known
 
 
 def _store():
@@ -90,6 +119,8 @@ def report(exc: BaseException, rank: int = 0, verbose: bool = False) -> int:
         known = UserError(f"{exc}; free space or fix the permissions there")
         known.__cause__ = exc
         exc = known
+    if not isinstance(exc, UserError):  # PeerTimeout (a UserError) already names the stage and the peer
+        exc = peer_failure(exc) or exc
     if not isinstance(exc, UserError):
         if _peer_reported(store):
             traceback_file(exc, rank)
@@ -102,3 +133,18 @@ def report(exc: BaseException, rank: int = 0, verbose: bool = False) -> int:
         if verbose:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     return EXIT_CODE
+
+
+def run_tool(name: str, main: Callable, argv: Optional[Sequence[str]] = None, known: tuple = ()) -> int:
+    """Run a tool's main(argv): a known problem (UserError, OSError, or one of `known`) prints
+    `<name>: error: <message> (traceback in <file>)` on one line and returns EXIT_CODE; 0 on
+    success. Anything else is a bug and keeps its traceback."""
+    try:
+        main(argv)
+    except (UserError, OSError, *known) as e:
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip().replace("\n", "; ")
+        path = traceback_file(e, 0)
+        where = f"traceback in {path}" if path else "no traceback file"
+        print(f"{name}: error: {message} ({where})", file=sys.stderr, flush=True)
+        return EXIT_CODE
+    return 0

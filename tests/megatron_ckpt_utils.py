@@ -124,8 +124,9 @@ def megatron_enum():
             sys.modules.pop(n, None)
 
 
-def write_megatron(root, model, kind, tp, pp, te=True, iteration=7, release=False, divisible_by=128):
-    """Write the HF model as a Megatron-LM tp x pp legacy checkpoint in root."""
+def padded_tensors(model, kind, tp, pp, divisible_by=128, zero_centered=None, **args):
+    """(args, full tensors) as Megatron holds them: vocabulary padded (random rows), and with
+    zero_centered (the args name of the "1p" setting) every norm weight stored as weight - 1."""
     a, full = megatron_tensors(model, kind)
     vocab = full["embedding.word_embeddings.weight"].shape[0]
     multiple = divisible_by * tp
@@ -133,13 +134,26 @@ def write_megatron(root, model, kind, tp, pp, te=True, iteration=7, release=Fals
     for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
         if name in full:
             full[name] = torch.cat([full[name], torch.randn(padded - vocab, full[name].shape[1])])
+    if zero_centered:
+        a[zero_centered] = True
+        for name in full:
+            if name.endswith("layernorm.weight"):
+                full[name] = full[name] - 1.0
+    a.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=padded,
+             make_vocab_size_divisible_by=divisible_by, hidden_dropout=0.0, attention_dropout=0.0,
+             init_method_std=0.02, use_mcore_models=True, **args)
+    return a, full
+
+
+def write_megatron(root, model, kind, tp, pp, te=True, iteration=7, release=False, divisible_by=128,
+                   zero_centered=None, **args):
+    """Write the HF model as a Megatron-LM tp x pp legacy checkpoint in root."""
+    a, full = padded_tensors(model, kind, tp, pp, divisible_by, zero_centered, **args)
     tied = not a["untie_embeddings_and_output_weights"]
     if tied and pp > 1:   # the last stage holds its own copy of the tied embedding
         full["output_layer.weight"] = full["embedding.word_embeddings.weight"]
-    a.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=padded,
-             make_vocab_size_divisible_by=divisible_by, hidden_dropout=0.0, attention_dropout=0.0,
-             init_method_std=0.02, use_mcore_models=True, transformer_impl="transformer_engine" if te else "local",
-             ckpt_format="torch", iteration=iteration)
+    a.update(transformer_impl="transformer_engine" if te else "local", ckpt_format="torch",
+             iteration=iteration)
     per = a["num_layers"] // pp
     it_dir = os.path.join(root, "release" if release else f"iter_{iteration:07d}")
     for p in range(pp):

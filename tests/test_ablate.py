@@ -72,6 +72,7 @@ def test_ablate_two_cells_then_resume(tmp_path):
 
     table = (out / "ablation.md").read_text()
     assert table.count("| micro | few-epoch |") == 2 and "clapping-fu" in table
+    assert "| Clapping-FU, both directions, lazy sampling [paper] |" in table  # variants labelled
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert pngs == ["loss_vs_bytes_micro_few-epoch.png", "loss_vs_step_micro_few-epoch.png"]
     assert all((out / "plots" / p).stat().st_size > 1000 for p in pngs)

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from megaclap.compression import (AqsgdStore, Channel, CompressionConfig, add_compression_args,
-                                  default_bwd_method, parse_codec, step_seed, validate_compression)
+from megaclap.compression import AqsgdStore, Channel, parse_codec, step_seed
+from megaclap.config.compression import (CompressionConfig, add_compression_args, default_bwd_method,
+                                         validate_compression)
 
 SHAPE = (2, 6, 16)  # [b, s, h]
 STATEFUL = ["ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu"]

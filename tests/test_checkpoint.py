@@ -20,7 +20,7 @@ COMPRESS = ["--pp-compression-method", "clapping-fu", "--pp-fwd-codec", "topk:0.
 
 
 def _run_worker(rank, world, argv, fail_on=None):
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.parallel.state import ParallelState
     from megaclap.training import checkpointing
     from megaclap.training.pretrain import run

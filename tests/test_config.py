@@ -1,8 +1,7 @@
 """One test per start-up validation rule: each error names the flag to change."""
 import pytest
 
-from megaclap.arguments import parse_args
-from megaclap.config import ConfigError
+from megaclap.config import ConfigError, parse_args
 
 BASE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
         "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data", "--train-iters", "10"]

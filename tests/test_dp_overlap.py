@@ -1,7 +1,14 @@
 """Data-parallel gradients reduced in persistent buckets by backward hooks (issue 15): the
 result is bit-identical to the reduction after backward, buckets go out during the last
-microbatch's backward (none during earlier ones), and grads are views of the flat buffer."""
+microbatch's backward (none during earlier ones), and grads are views of the flat buffer.
+Readiness counts are learned on the first step (issue 23): a parameter accumulated twice per
+microbatch is reduced once, after its last gradient; an unused one does not hold its bucket."""
+from types import SimpleNamespace
+
+import pytest
 import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 
 from megaclap.parallel.p2p import StepInfo
 from megaclap.parallel.schedules import forward_backward
@@ -28,7 +35,11 @@ def _worker(rank, world):
     tr.grad_buffer.remove_hooks()
     buf = tr.grad_buffer = GradBuffer(tr.stage, tr.ps, bucket_bytes=8192)
     batch = tr.data.train.next_batch()
-    buf.start(2)
+    buf.start(2)  # the first step learns the accumulation counts: every bucket goes out in finish()
+    _backward(tr, batch)
+    assert buf.launch_log == []
+    buf.finish()
+    buf.start(2)  # the same batch again, overlapped
     _backward(tr, batch)
     before_finish = list(buf.launch_log)
     buf.finish()
@@ -60,3 +71,83 @@ def test_grads_stay_views_when_someone_drops_them():
     tr.train_step(tr.data.train.next_batch())
     assert p.grad.data_ptr() == tr.grad_buffer.views[id(p)].data_ptr()
     assert torch.count_nonzero(p.grad) > 0
+
+
+# --- readiness learned on the first step (issue 23) -----------------------------------------------
+class _Toy(torch.nn.Module):
+    """`twice` accumulates two gradients per backward (used inside and outside a reentrant
+    checkpoint); `unused` none. Registered last, so each sits in the first bucket of its kind."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Parameter(torch.randn(8, generator=g))
+        self.unused = torch.nn.Parameter(torch.randn(8, generator=g))
+        self.twice = torch.nn.Parameter(torch.randn(8, generator=g))
+        self.tied, self.extra_use = False, False
+
+    def forward(self, x):
+        y = checkpoint(lambda t: t * self.twice, x, use_reentrant=True) * self.twice * self.a
+        if self.extra_use:  # a second checkpointed segment: a third accumulation per backward
+            y = checkpoint(lambda t: t * self.twice, y, use_reentrant=True)
+        return y.square().sum()
+
+
+def _toy_step(model, buf, inputs):
+    if buf is not None:
+        buf.start(len(inputs))
+    for x in inputs:  # microbatches: one backward each
+        model(x.clone().requires_grad_(True)).backward()
+    if buf is not None:
+        model.launched_in_backward = list(buf.launch_log)
+        buf.finish()
+
+
+def _toy_worker(rank, world):
+    ps = SimpleNamespace(dp=SimpleNamespace(group=dist.group.WORLD, size=world), pp_size=1)
+    inputs = [torch.randn(8, generator=torch.Generator().manual_seed(10 * rank + i)) for i in range(2)]
+    ref = _Toy(rank)
+    for p in ref.parameters():
+        p.grad = torch.zeros_like(p)
+    _toy_step(ref, None, inputs)
+    all_reduce_coalesced([p.grad for p in ref.parameters()], dist.group.WORLD, world)
+    model = _Toy(rank)
+    buf = GradBuffer(model, ps, bucket_bytes=1)  # one parameter per bucket: `twice` is bucket 0
+    out = {}
+    for step in range(2):
+        _toy_step(model, buf, inputs)
+        out[step] = {n: torch.equal(p.grad, q.grad) for (n, p), q in zip(model.named_parameters(), ref.parameters())}
+    learned = getattr(buf, "per_microbatch", None) or {}
+    out["learned"] = {n: learned.get(id(p)) for n, p in model.named_parameters()}
+    out["launch_log"] = model.launched_in_backward  # of the second step, before finish()
+    model.extra_use = True
+    try:
+        _toy_step(model, buf, inputs)
+    except RuntimeError as e:
+        out["error"] = str(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return run_ranks(_toy_worker, 2)
+
+
+def test_a_parameter_accumulated_twice_per_microbatch_is_reduced_once_correctly(toy):
+    for res in toy:
+        for step in (0, 1):  # the learning step and the overlapped one
+            assert all(res[step].values()), (step, res[step])
+        assert res["learned"] == {"a": 1, "unused": 0, "twice": 2}
+
+
+def test_an_unused_parameter_does_not_hold_back_its_bucket(toy):
+    """Bucket order is reversed registration: twice, unused, a. With `unused` learned as 0 its
+    bucket goes out right after `twice`'s, during backward, not in finish()."""
+    for res in toy:
+        hooks_per_step = 2 * (2 + 1)  # two microbatches x (twice: 2, a: 1)
+        assert res["launch_log"] == [(0, hooks_per_step), (1, hooks_per_step), (2, hooks_per_step)]
+
+
+def test_a_changed_accumulation_count_is_refused(toy):
+    for res in toy:
+        assert "gradient of twice accumulated" in res["error"] and "learned 2 per microbatch" in res["error"]

@@ -5,7 +5,7 @@ fp16 skips and rollbacks; evaluation; and a deadlock is reported, not hung."""
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.config import ConfigError
 from megaclap.parallel.emulate import run_pipeline
 from megaclap.parallel.state import ParallelState

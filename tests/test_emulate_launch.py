@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.parallel.emulate import run_pipeline
 from megaclap.parallel.state import ParallelState
 from megaclap.training.checkpointing import Checkpointer

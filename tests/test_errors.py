@@ -111,3 +111,69 @@ def test_unknown_errors_keep_their_traceback():
     with pytest.raises(ZeroDivisionError):
         report(ZeroDivisionError("a bug"))
     assert report(UserError("known")) == 2
+
+
+# --- issue 23: real faults ---------------------------------------------------------------------
+def _mount_tmpfs(path, *options) -> bool:
+    """Mount a tmpfs at path (root only); False where that is not possible."""
+    if os.geteuid() != 0:
+        return False
+    os.makedirs(path, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_real_full_disk_during_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    """A 600 kB tmpfs holds one checkpoint of the tiny model (~370 kB) but not two: torch.save's
+    real ENOSPC arrives as RuntimeError ('unexpected pos ...')."""
+    from megaclap.checkpoint import format as fmt
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "size=600k"):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        ckpt = str(disk / "ckpt")
+        argv = tiny_args(layers=2, extra=["--train-iters", "4", "--save-interval", "1", "--save", ckpt,
+                                          "--log-interval", "100", "--eval-iters", "0"])
+        assert main(argv) == 2
+        lines = _error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and "usually a full disk" in lines[0] and "MiB free there" in lines[0], lines
+        assert fmt.read_tracker(ckpt) == 1
+        fmt.load_file(fmt.shard_path(ckpt, 1, 0, 0, 1))  # the last good checkpoint still loads
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazy: even if a file stayed open
+
+
+@pytest.mark.parametrize("flag", ["--save", "--data-cache-path", "--tensorboard-dir"])
+def test_output_directories_are_checked_at_start_up(tmp_path, capsys, flag):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = tiny_args(layers=2, extra=["--train-iters", "2", "--eval-iters", "0", flag, str(blocker / "sub")])
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    lines = _error_lines(out.err)
+    assert len(lines) == 1 and f"{flag} {blocker / 'sub'} is not a writable directory" in lines[0], lines
+    assert "iteration" not in out.out  # refused before the first step
+
+
+def test_a_read_only_save_directory_is_refused_at_start_up(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    if not _mount_tmpfs(ro, "size=64k", "ro"):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        assert main(tiny_args(layers=2, extra=["--train-iters", "2", "--save", str(ro / "ckpt")])) == 2
+        lines = _error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and "Read-only file system" in lines[0] and "--save" in lines[0], lines
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_gloo_peer_failure_is_a_known_error():
+    from megaclap.errors import peer_failure
+    from megaclap.parallel.p2p import PeerTimeout
+    closed = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                          "peer [127.0.0.1]:61575. This is typically caused by a remote worker crashing.")
+    known = peer_failure(closed)
+    assert isinstance(known, UserError) and "died or stopped answering (Connection closed by peer" in str(known)
+    assert "--distributed-timeout-minutes" in str(known)
+    assert peer_failure(RuntimeError("some bug")) is None and peer_failure(ValueError("Timed out waiting")) is None
+    assert issubclass(PeerTimeout, UserError)

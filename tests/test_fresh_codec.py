@@ -7,7 +7,7 @@ import torch
 
 from megaclap.compression.channels import Channel
 from megaclap.compression.codecs import parse_codec
-from megaclap.compression.config import CompressionConfig
+from megaclap.config import CompressionConfig
 from tests.dist import run_ranks
 from tests.test_compression_pipeline import _channel_hashes, _worker
 from tests.train_utils import make_trainer

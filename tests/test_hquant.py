@@ -1,13 +1,16 @@
-"""hquant: payload sizes, the error its bits imply, outliers vs quant:B, shared rotation, `:sr`."""
+"""hquant: payload sizes, the error its bits imply, outliers vs quant:B, shared rotation, `:sr`,
+the 1-bit sign codec, and a decode that is exact arithmetic (the same on every device)."""
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from megaclap.compression.codecs import parse_codec
 
-SPECS = ["hquant:2", "hquant:3", "hquant:4", "hquant:8", "hquant:3:16", "hquant:4:128:sr"]
+SPECS = ["hquant:2", "hquant:3", "hquant:4", "hquant:8", "hquant:3:16", "hquant:4:128:sr", "hquant:1",
+         "hquant:1:sr", "hquant:1:16"]
 SHAPES = [(1, 7, 33), (2, 16, 64), (70001,), (3, 5, 100), (1, 16, 24), (9, 1)]
 
 
@@ -39,6 +42,17 @@ def heavy_tailed(shape, seed=0) -> torch.Tensor:
     z = torch.randn(shape, generator=g)
     chi2 = torch.randn((*shape, 2), generator=g).pow(2).sum(-1)
     return z / (chi2 / 2).sqrt()
+
+
+@contextmanager
+def one_thread():
+    """Many tiny encodes: intra-op threads only add barrier waits (seconds on a loaded box)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def rel_err(spec, x, seed=7):
@@ -114,8 +128,9 @@ def test_stochastic_rounding_is_unbiased():
     for spec in ("hquant:2:16", "hquant:2:16:sr"):
         c = parse_codec(spec)
         acc = torch.zeros_like(x)
-        for seed in range(300):
-            acc += c.decode(c.encode(x, seed=seed), x.shape, x.dtype, seed=seed)
+        with one_thread():
+            for seed in range(300):
+                acc += c.decode(c.encode(x, seed=seed), x.shape, x.dtype, seed=seed)
         means[spec] = float((acc / 300 - x)[:, 1:].norm() / x[:, 1:].norm())
     assert means["hquant:2:16:sr"] < 0.15, means
     assert means["hquant:2:16"] > 0.5, means
@@ -126,3 +141,74 @@ def test_stochastic_rounding_is_unbiased():
 def test_bad_specs_name_the_flag(spec, what):
     with pytest.raises(ValueError, match=rf"--pp-fwd-codec.*{what}"):
         parse_codec(spec, "--pp-fwd-codec")
+
+
+def sylvester64(blk: int) -> torch.Tensor:
+    """+-1 Sylvester matrix, built entry by entry (float64)."""
+    return torch.tensor([[(-1) ** bin(i & j).count("1") for j in range(blk)] for i in range(blk)],
+                        dtype=torch.float64)
+
+
+def test_decode_is_exact_integer_arithmetic():
+    """decode = fp32(fp32(z * fp32(scale * c)) * sign), z = (q - L/2) @ S summed exactly: a float64
+    reference rounds once per step and must agree bit for bit (a float rotation would not)."""
+    x = outliers((3, 10, 96), seed=5)
+    for spec, blk in (("hquant:4", 64), ("hquant:8:32", 32), ("hquant:1", 64), ("hquant:3:128", 128)):
+        codec = parse_codec(spec)
+        payload = codec.encode(x, seed=21)
+        rows, d, blk, dp = codec.geometry(x.shape)
+        nb, levels = dp // blk, codec.levels
+        scale = payload[: 2 * rows * nb].view(torch.bfloat16).double().view(-1, 1)
+        bits = [(int(b) >> i) & 1 for b in payload[2 * rows * nb:].tolist() for i in range(8)]
+        q = torch.tensor([sum(bits[j * codec.bits + i] << i for i in range(codec.bits))
+                          for j in range(rows * dp)], dtype=torch.float64).view(-1, blk)
+        z = (q - levels / 2) @ sylvester64(blk)
+        c = float(torch.tensor(2 / (levels * math.sqrt(blk)), dtype=torch.float32))
+        f = (scale * c).float().double()
+        want = (z * f).float().double().view(rows, dp) * codec.signs(dp, 21, "cpu").double()
+        got = codec.decode(payload, x.shape, x.dtype, seed=21)
+        assert torch.equal(got, want[:, :d].float().view(x.shape)), spec
+
+
+def test_one_bit_sends_signs_with_the_mean_magnitude():
+    """hquant:1 (round to nearest): each rotated block becomes sign(y) * mean|y| (bf16), the
+    least-squares scale for fixed signs; it beats the absmax scale the other widths use."""
+    x = torch.randn(4, 8, 64, generator=torch.Generator().manual_seed(2))
+    codec = parse_codec("hquant:1")
+    got = codec.decode(codec.encode(x, seed=3), x.shape, x.dtype, seed=3).double()
+    h = sylvester64(64) / 8
+    y = (x.double().view(-1, 64) * codec.signs(64, 3, "cpu").double()) @ h  # [32, 64]
+    mean = y.abs().mean(dim=1, keepdim=True).to(torch.bfloat16).double()
+    want = ((torch.where(y > 0, 1.0, -1.0) * mean) @ h).view(x.shape) * codec.signs(64, 3, "cpu").double()
+    assert torch.allclose(got, want, atol=1e-5)
+    absmax = ((torch.where(y > 0, 1.0, -1.0) * y.abs().amax(1, keepdim=True)) @ h).view(x.shape)
+    absmax = absmax * codec.signs(64, 3, "cpu").double()
+    err, err_absmax = float((got - x).norm()), float((absmax - x).norm())
+    assert err < 0.7 * float(x.norm()) and err < 0.6 * err_absmax  # Gaussian: sqrt(1 - 2/pi) = 0.6
+    assert codec.payload_nbytes(x.shape, x.dtype) * 8 / x.numel() == 1.25
+
+
+def test_one_bit_stochastic_is_unbiased():
+    """hquant:1:sr keeps +absmax with probability (1 + y/absmax) / 2: the mean over seeds tends
+    to x; round to nearest stays biased (its mean over rotations is ~2/pi of x)."""
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(6))
+    means = {}
+    for spec in ("hquant:1", "hquant:1:sr"):
+        c = parse_codec(spec)
+        acc = torch.zeros_like(x, dtype=torch.float64)
+        with one_thread():
+            for seed in range(400):
+                acc += c.decode(c.encode(x, seed=seed), x.shape, x.dtype, seed=seed).double()
+        means[spec] = float((acc / 400 - x).norm() / x.norm())
+    assert means["hquant:1:sr"] < 0.2, means  # ~2.5 / sqrt(400) = 0.125 expected
+    assert means["hquant:1"] > 0.3, means  # ~1 - 2/pi = 0.36
+
+
+@pytest.mark.parametrize("make", [torch.randn, outliers, heavy_tailed])
+def test_one_bit_error_never_exceeds_the_message(make):
+    """Sign times the least-squares scale is a projection: ||x_hat - x|| <= ||x|| whatever the
+    tails (up to the bf16 rounding of the scale)."""
+    x = make((4, 32, 128))
+    codec = parse_codec("hquant:1")
+    y = codec.decode(codec.encode(x, seed=2), x.shape, x.dtype, seed=2)
+    assert float((y - x).norm()) <= 1.01 * float(x.norm())

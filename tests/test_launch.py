@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.model.gpt import GPTStage
 from megaclap.model.init import init_stage
 
@@ -84,8 +84,9 @@ def test_quickstart_quick_mode(tmp_path):
 
 # --- (2) the distributed launcher's command line --------------------------------------------------
 def test_dry_run_multinode_command():
-    launch, flags = dry_run("--train-iters", "7", "--lr", "1e-4", CONFIG="gpt2-350m", NNODES=2,
-                            NODE_RANK=1, MASTER_ADDR="10.1.2.3", MASTER_PORT=29555, NPROC_PER_NODE=8)
+    # a 7-step run needs a shorter warmup than the script's (a warmup past the run is refused)
+    launch, flags = dry_run("--train-iters", "7", "--lr", "1e-4", "--lr-warmup-iters", "1", CONFIG="gpt2-350m",
+                            NNODES=2, NODE_RANK=1, MASTER_ADDR="10.1.2.3", MASTER_PORT=29555, NPROC_PER_NODE=8)
     assert launch == ["--nproc_per_node", "8", "--nnodes", "2", "--node_rank", "1",
                       "--master_addr", "10.1.2.3", "--master_port", "29555"]
     cfg = parse_args(flags)

@@ -2,6 +2,7 @@
 reported, missing features are errors, --help documents every flag, Megatron's defaults."""
 import dataclasses
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megaclap.arguments import ALL_SECTIONS, build_parser, parse_args
-from megaclap.config import ConfigError, ModelConfig
-from megaclap.flags import flag_name, help_text
-from megaclap.habit_flags import MISSING, NO_EFFECT, habit_notes
+from megaclap.config import ConfigError, ModelConfig, build_parser, parse_args
+from megaclap.config.arguments import ALL_SECTIONS
+from megaclap.config.flags import flag_name, help_text
+from megaclap.config.habit_flags import MISSING, NO_EFFECT, habit_notes
 from megaclap.training.optimizer import LossScaler
 from tests.dist import run_ranks
 
@@ -22,45 +23,82 @@ BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4"
 
 
 # --- the examples ------------------------------------------------------------------------------------
-def script_flags(script: Path, cwd: Path) -> list:
-    """The flags the unmodified script hands to pretrain_gpt.py, captured by a fake torchrun."""
+def script_flags(script: Path, cwd: Path, *args) -> list:
+    """The flags the script hands to pretrain_gpt.py (its arguments: checkpoint and TensorBoard
+    directories, then args), captured by a fake torchrun."""
     bindir = cwd / "bin"
     bindir.mkdir()
     (bindir / "torchrun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGV_OUT"\n')
     (bindir / "torchrun").chmod(0o755)
     (cwd / "pretrain_gpt.py").write_text("")
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", ARGV_OUT=str(cwd / "argv"))
-    subprocess.run(["bash", str(script), str(cwd / "ckpt"), str(cwd / "tb")], cwd=cwd, env=env, check=True,
-                   timeout=30, capture_output=True)
+    subprocess.run(["bash", str(script), str(cwd / "ckpt"), str(cwd / "tb"), *map(str, args)], cwd=cwd, env=env,
+                   check=True, timeout=30, capture_output=True)
     argv = (cwd / "argv").read_text().splitlines()
     return argv[next(i for i, a in enumerate(argv) if a.endswith("pretrain_gpt.py")) + 1:]
 
 
+def real_data(root: Path) -> dict:
+    """A small corpus, a GPT-2-style byte-level BPE (vocab.json + merges.txt, and tokenizer.json)
+    trained offline on it, and the corpus preprocessed with each, as Megatron users prepare it."""
+    import json
+    import random
+
+    from tokenizers import ByteLevelBPETokenizer
+    from tests.convert_utils import tool
+    words = "pipeline stage tensor gradient model data layer batch token loss the a of and to".split()
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 40))) for _ in range(400)]
+    root.mkdir()
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(docs, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok.save_model(str(root))
+    (root / "hf").mkdir()
+    tok.save(str(root / "hf" / "tokenizer.json"))
+    preprocess = tool("tools/preprocess_data.py")
+    common = ["--input", str(corpus), "--append-eod", "--log-interval", "0"]
+    preprocess.main(common + ["--output-prefix", str(root / "gpt2"), "--tokenizer-type", "GPT2BPETokenizer",
+                              "--vocab-file", str(root / "vocab.json"), "--merge-file", str(root / "merges.txt")])
+    preprocess.main(common + ["--output-prefix", str(root / "hf"), "--tokenizer-type", "HuggingFaceTokenizer",
+                              "--tokenizer-model", str(root / "hf")])
+    return {"vocab": root / "vocab.json", "merges": root / "merges.txt", "gpt2": root / "gpt2_text_document",
+            "hf_tokenizer": root / "hf", "hf": root / "hf_text_document", "size": tok.get_vocab_size()}
+
+
 def _run_worker(rank, world, argv):
-    from megaclap.parallel.state import ParallelState
-    from megaclap.training.pretrain import run
-    cfg = parse_args(argv).validate(world)
-    p = cfg.parallel
-    ps = ParallelState(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, world, rank,
-                       torch.device("cpu"))
+    from megaclap.training.pretrain import run, setup
+    cfg, ps = setup(argv)   # as pretrain_gpt.py: tokenizer defaults and vocabulary, then the process group
     lines = []
     tr = run(cfg, ps, print_fn=lines.append)
-    return {"lines": lines, "iteration": tr.iteration, "consumed": tr.consumed_samples}
+    return {"lines": lines, "iteration": tr.iteration, "consumed": tr.consumed_samples,
+            "tokenizer": cfg.data.tokenizer_type, "vocab": cfg.model.vocab_size}
 
 
-@pytest.mark.parametrize("script,world,consumed", [("train_gpt3_175b_distributed.sh", 2, 2 + 4 + 4 + 4),
-                                                   ("train_llama3_8b_h100_fp8.sh", 1, 16)])
-def test_megatron_example_runs_unmodified(tmp_path, script, world, consumed):
-    argv = script_flags(EXAMPLES / script, tmp_path)
-    out = run_ranks(_run_worker, world, argv)
-    log = "\n".join(out[0]["lines"] + out[world - 1]["lines"])
+@pytest.mark.parametrize("script,consumed", [("train_gpt3_175b_distributed.sh", 2 + 4 + 4 + 4),
+                                             ("train_llama3_8b_h100_fp8.sh", 16)])
+def test_megatron_example_runs_on_real_data_at_two_processes(tmp_path, script, consumed):
+    """The scripts as Megatron ships them, scaled down (tests/megatron_examples/ lists the changes):
+    the GPT-3 script names no tokenizer (GPT2BPETokenizer from --vocab-file/--merge-file), the Llama
+    script a HuggingFaceTokenizer with --vocab-size 128256 (the tokenizer's size wins)."""
+    data = real_data(tmp_path / "data")
+    args = ([data["vocab"], data["merges"], data["gpt2"]] if script.startswith("train_gpt3")
+            else [data["hf_tokenizer"], data["hf"]])
+    argv = script_flags(EXAMPLES / script, tmp_path, *args)
+    assert "--tokenizer-type" not in argv or not script.startswith("train_gpt3")
+    out = run_ranks(_run_worker, 2, argv)
+    log = "\n".join(out[0]["lines"] + out[1]["lines"])
+    expected = "GPT2BPETokenizer" if script.startswith("train_gpt3") else "HuggingFaceTokenizer"
+    assert (out[0]["tokenizer"], out[0]["vocab"]) == (expected, data["size"])
     assert out[0]["iteration"] == 4 and out[0]["consumed"] == consumed   # step schedule / --train-samples
     assert f"consumed samples: {consumed:12d}" in log, log
     assert "------------------------ arguments ------------------------" in log
+    assert re.search(r" > train: [\d,]+ samples, \d+ documents", log), log
     for flag in argv:   # every accepted habit flag of the script gets its start-up line
         if flag in NO_EFFECT:
             assert f" > {flag}" in log, flag
-    assert "successfully saved checkpoint" in log
+    assert "successfully saved checkpoint" in log and " validation loss at iteration 4 on validation set | " in log
 
 
 # --- habit flags and missing features -------------------------------------------------------------

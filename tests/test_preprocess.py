@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from megaclap.data import DataConfig, build_data_sources
+from megaclap.config import DataConfig
+from megaclap.data import build_data_sources
 from megaclap.data.indexed_dataset import IndexedDataset
 from megaclap.data.tokenizers import build_tokenizer
 from tools import preprocess_data, train_tokenizer
@@ -126,7 +127,7 @@ def test_preprocessed_corpus_trains_20_steps_loss_decreases(corpus):
 
 def test_null_and_huggingface_tokenizers(tmp_path):
     null = build_tokenizer("NullTokenizer", vocab_size=100)
-    assert null.vocab_size == 101 and null.eod == 100
+    assert null.vocab_size == 100 and null.eod == 99   # Megatron-LM since core 0.18
     assert null.tokenize("3 1 4") == [3, 1, 4] and null.detokenize([3, 1, 4]) == "3 1 4"
     with pytest.raises(ValueError, match="--vocab-size"):
         build_tokenizer("NullTokenizer")
@@ -151,7 +152,12 @@ def test_null_tokenizer_preprocessing(tmp_path):
                           str(tmp_path / "n"), "--tokenizer-type", "NullTokenizer",
                           "--vocab-size", "10", "--append-eod", "--log-interval", "0"])
     ds = IndexedDataset(str(tmp_path / "n_text_document"))
-    assert [x.tolist() for x in ds[0:2]] == [[5, 6, 7, 10], [8, 10]]
+    assert [x.tolist() for x in ds[0:2]] == [[5, 6, 7, 9], [8, 9]]
+    preprocess_data.main(["--input", str(tmp_path / "n.jsonl"), "--output-prefix", str(tmp_path / "old"),
+                          "--tokenizer-type", "NullTokenizer", "--vocab-size", "10", "--append-eod",
+                          "--legacy-null-tokenizer", "--log-interval", "0"])
+    ds = IndexedDataset(str(tmp_path / "old_text_document"))
+    assert [x.tolist() for x in ds[0:2]] == [[5, 6, 7, 10], [8, 10]]   # the older rule: eod = V
 
 
 def test_bad_inputs_name_the_flag(tmp_path):

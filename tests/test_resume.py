@@ -7,9 +7,8 @@ import os
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
-from megaclap.config import ConfigError
-from megaclap.megatron_checks import lr_horizons
+from megaclap.config import ConfigError, parse_args
+from megaclap.config.megatron import lr_horizons
 from megaclap.training.checkpointing import CheckpointError, Checkpointer
 from megaclap.training.optimizer import LRScheduler
 from tests.dist import run_ranks

@@ -118,9 +118,9 @@ def test_without_undo_nothing_is_kept_and_rollback_refuses():
     """No fp16 scaler, no skipped step: Channels and AQ-SGD stores keep no pre-step copies
     (a memory and read cost on every step otherwise), and P2P.rollback refuses."""
     from megaclap.compression.store import AqsgdStore
+    from megaclap.config import CompressionConfig
     from megaclap.parallel.p2p import P2P
     from megaclap.parallel.state import ParallelState
-    from megaclap.compression.config import CompressionConfig
     store = AqsgdStore((4,), torch.float32, "cpu")
     store.write(store.insert(torch.tensor([0, 1])), torch.ones(2, 4))
     store.commit()

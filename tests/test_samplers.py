@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from megaclap.data import DataConfig, DataExhausted, add_data_args, build_data_sources
-from megaclap.data.config import parse_data_path
+from megaclap.config.data import DataConfig, add_data_args, parse_data_path
+from megaclap.data import DataExhausted, build_data_sources
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder
 from megaclap.data.samplers import (FewEpochSampler, GlobalBatchSampler, LazySchedule,
                                     OnlineSampler, RangeSource)

@@ -3,10 +3,9 @@ consumed samples across a resume that changes the global batch."""
 import pytest
 import torch
 
-from megaclap.arguments import parse_args
-from megaclap.config import ConfigError
-from megaclap.megatron_checks import lr_horizons
-from megaclap.training.batch_schedule import BatchSchedule, build_batch_schedule
+from megaclap.config import ConfigError, parse_args
+from megaclap.config.batch_schedule import BatchSchedule, build_batch_schedule
+from megaclap.config.megatron import lr_horizons
 from megaclap.training.optimizer import LRScheduler
 from tests.dist import run_ranks
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from megaclap.config import ConfigError
-from megaclap.parallel.simlink import (Conventions, Link, SimLink, Wires, parse_bandwidth, parse_conventions,
-                                       parse_latency, parse_links)
+from megaclap.config.links import Conventions, Link, parse_conventions, parse_links
+from megaclap.config.units import parse_bandwidth, parse_latency
+from megaclap.parallel.simlink import SimLink, Wires
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer, tiny_args
 
@@ -22,7 +23,7 @@ def test_parse_units():
 
 
 def test_bad_flag_is_a_config_error():
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     with pytest.raises(ConfigError, match="--sim-link-bandwidth"):
         parse_args(tiny_args(extra=["--sim-link-bandwidth", "quick"]))
 
@@ -161,7 +162,7 @@ def test_link_flags_name_themselves():
                                                                                (1e9, 0.0, "inbound")]
     with pytest.raises(ConfigError, match="--sim-links"):
         parse_links("fast:1ms", Conventions())
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     with pytest.raises(ConfigError, match="--link-model"):
         parse_args(tiny_args(extra=["--link-model", "megaclap,latency=never"]))
 

@@ -75,7 +75,9 @@ def test_llama2_tokenizer_prepends_bos(tmp_path):
 
 def test_null_tokenizer_vocabulary_holds_eod():
     tok = build_tokenizer("NullTokenizer", vocab_size=512)
-    assert (tok.vocab_size, tok.eod) == (513, 512)
+    assert (tok.vocab_size, tok.eod) == (512, 511)   # Megatron-LM since core 0.18 (c9dfe34798)
+    old = build_tokenizer("NullTokenizer", vocab_size=512, legacy_null_tokenizer=True)
+    assert (old.vocab_size, old.eod) == (513, 512)
 
 
 def test_preprocess_with_gpt2_bpe_flags(bpe_files, tmp_path):
@@ -90,7 +92,7 @@ def test_preprocess_with_gpt2_bpe_flags(bpe_files, tmp_path):
 
 
 def test_training_flags_take_vocab_from_gpt2_bpe_and_null(bpe_files):
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.training.pretrain import resolve_vocab_size
 
     model = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
@@ -102,7 +104,24 @@ def test_training_flags_take_vocab_from_gpt2_bpe_and_null(bpe_files):
     assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
     cfg = parse_args(model + ["--tokenizer-type", "NullTokenizer", "--vocab-size", "512"])
     resolve_vocab_size(cfg)
-    assert cfg.model.vocab_size == 513   # NullTokenizer's eod id 512 is in the vocabulary
+    assert cfg.model.vocab_size == 512   # NullTokenizer's eod id is 511
+    cfg = parse_args(model + ["--tokenizer-type", "NullTokenizer", "--vocab-size", "128256"])
+    resolve_vocab_size(cfg)
+    assert cfg.model.padded_vocab_size(1) == 128256   # Llama-3's vocabulary needs no padding rows
+    cfg = parse_args(model + ["--tokenizer-type", "NullTokenizer", "--vocab-size", "512", "--legacy-null-tokenizer"])
+    resolve_vocab_size(cfg)
+    assert cfg.model.vocab_size == 513   # the older rule: eod id 512 is in the vocabulary
     cfg = parse_args(model + ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(bpe_files / "vocab.json")])
     with pytest.raises(ValueError, match="--merge-file"):
         cfg.data.validate()
+    cfg = parse_args(model + ["--vocab-file", str(bpe_files / "vocab.json"), "--merge-file",
+                              str(bpe_files / "merges.txt")])   # Megatron's GPT-3 script names no tokenizer
+    resolve_vocab_size(cfg)
+    assert cfg.data.tokenizer_type == "GPT2BPETokenizer"
+    assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
+    assert parse_args(model + ["--mock-data"]).data.tokenizer_type is None
+    cfg = parse_args(model + ["--vocab-file", str(bpe_files / "vocab.json"), "--merge-file",
+                              str(bpe_files / "merges.txt"), "--vocab-size", "128256"])   # as Megatron's Llama script
+    note = resolve_vocab_size(cfg)
+    assert cfg.model.vocab_size == len(json.loads((bpe_files / "vocab.json").read_text()))
+    assert note.startswith(" > --vocab-size 128256: the vocabulary is the tokenizer's")

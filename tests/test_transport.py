@@ -1,11 +1,16 @@
-"""Pipeline transport: the schedules' p2p groups never deadlock, and the tp-split boundary.
+"""Pipeline transport: the schedules' p2p groups never deadlock, every message is received as
+it was sent, the communicators of a step agree on their order, and the tp-split boundary.
 
 The deadlock check runs the real schedules and the real P2P of every stage in one process,
 with a recording fake transport in place of batch_isend_irecv. It then replays the recorded
 groups under a strict model of a stream-ordered backend (NCCL): each rank runs its groups in
 order, and a group completes only when every op in it meets its matching op (the k-th send
 a->b meets b's k-th receive from a) in the group the peer is currently at. A model that never
-stalls under this rule cannot hang on NCCL or gloo.
+stalls under this rule cannot hang on NCCL or gloo. Each op also carries its byte count and
+dtype, and the two ends of a message must agree on them (on NCCL a size mismatch is a hang or
+corrupted data; gloo may not notice). A real tp x pp x dp job (forked gloo ranks) is recorded
+the same way, with every collective of every communicator, whose members must issue the same
+collectives in the same order.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megaclap.compression.config import CompressionConfig
+from megaclap.config import CompressionConfig
 from megaclap.parallel.p2p import P2P, StepInfo
 from megaclap.parallel.schedules import Microbatch, ScheduleStats, _Comm, _gpipe, _one_f_one_b, forward_backward
 from megaclap.parallel.simlink import SimLink
@@ -30,14 +35,25 @@ class _Done:
         return True
 
 
+def _op(o) -> tuple:
+    """(send, peer, tag, bytes, dtype) of one transport Op."""
+    return (o.send, o.peer, o.tag, o.tensor.numel() * o.tensor.element_size(), str(o.tensor.dtype))
+
+
+def _tags(groups: list) -> list:
+    """The (send, peer, tag) part of recorded groups, by rank (what the contract fixes)."""
+    return [[[op[:3] for op in g] for g in seq] for seq in groups]
+
+
 class _Recorder:
-    """Fake transport: records each group as [(send, peer, tag)] and fills receive buffers."""
+    """Fake transport: records each group as [(send, peer, tag, bytes, dtype)] and fills receive
+    buffers with zeros."""
 
     def __init__(self):
         self.groups: list = []
 
     def __call__(self, ops):
-        self.groups.append([(o.send, o.peer, o.tag) for o in ops])
+        self.groups.append([_op(o) for o in ops])
         for o in ops:
             if not o.send:
                 o.tensor.zero_()
@@ -159,16 +175,17 @@ def record_fake(pp: int, m: int, schedule: str, stamps: bool = False) -> list:
 
 
 def replay(groups: list) -> None:
-    """Raise AssertionError on a mismatched message or a stall (see the module docstring)."""
+    """Raise AssertionError on a mismatched message or a stall (see the module docstring). An op
+    is (send, peer, tag, *what): the two ends must agree on tag and what (bytes, dtype)."""
     n = len(groups)
-    ends: dict = {}  # (src, dst, k) -> {"send"|"recv": (rank, group index, tag)}
+    ends: dict = {}  # (src, dst, k) -> {"send"|"recv": (rank, group index, (tag, *what))}
     for r, seq in enumerate(groups):
         count: dict = {}
         for gi, group in enumerate(seq):
-            for send, peer, tag in group:
+            for send, peer, *message in group:
                 k = count[(send, peer)] = count.get((send, peer), -1) + 1
                 key = (r, peer, k) if send else (peer, r, k)
-                ends.setdefault(key, {})["send" if send else "recv"] = (r, gi, tag)
+                ends.setdefault(key, {})["send" if send else "recv"] = (r, gi, tuple(message))
     needs = [[[] for _ in seq] for seq in groups]  # (peer, peer's group index) each group waits for
     for key, e in ends.items():
         assert set(e) == {"send", "recv"}, f"message {key} has no matching {({'send', 'recv'} - set(e)).pop()}"
@@ -212,7 +229,7 @@ def test_real_p2p_issues_the_groups_of_the_contract(schedule, pp, m):
     real = record(pp, m, schedule)
     replay(real)
     if schedule != "forward-only":
-        assert real == record_fake(pp, m, schedule)
+        assert _tags(real) == record_fake(pp, m, schedule)
 
 
 def test_stamps_of_a_simulated_link_travel_in_the_same_group():
@@ -223,7 +240,7 @@ def test_stamps_of_a_simulated_link_travel_in_the_same_group():
         p2p.transport = rec = _Recorder()
         mbs = [Microbatch(torch.zeros(1, 3, dtype=torch.long), torch.tensor([i])) for i in range(4)]
         forward_backward(_ToyStage(r == 0, r == 2), ps, p2p, mbs, StepInfo(0, True))
-        assert rec.groups == record_fake(3, 4, "1f1b", stamps=True)[r]
+        assert _tags([rec.groups])[0] == record_fake(3, 4, "1f1b", stamps=True)[r]
 
 
 class _EventRecorder:
@@ -339,10 +356,178 @@ def test_replay_catches_the_old_crossing_sends():
 
 def test_replay_catches_a_mismatched_message():
     groups = record(2, 2, "1f1b")
-    groups[1] = [[(s, p, (d, 1 - i, part)) if not s and d == "fwd" else (s, p, (d, i, part))
-                  for s, p, (d, i, part) in g] for g in groups[1]]
+    groups[1] = [[(s, p, (d, 1 - i, part), *rest) if not s and d == "fwd" else (s, p, (d, i, part), *rest)
+                  for s, p, (d, i, part), *rest in g] for g in groups[1]]
     with pytest.raises(AssertionError, match="received as"):
         replay(groups)
+# --- bytes and dtypes of every message, over fresh and repeated steps -----------------------------
+ALL_METHODS = ["none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu"]
+FRESH = [True, False, False, True, False]  # lazy sampling: fresh and repeated steps mixed
+
+
+def record_steps(pp: int, m: int, schedule: str, compression_of, fresh=FRESH) -> list:
+    """The groups (with bytes and dtypes) each stage's real schedule and P2P issue over several
+    steps; a repeated step reuses the previous step's samples, as lazy sampling does.
+    compression_of(rank) -> that rank's CompressionConfig (both ends normally agree)."""
+    out = []
+    for r in range(pp):
+        ps = _pstate(r, pp)
+        p2p = P2P(ps, SHAPE, torch.float32, compression_of(r))
+        p2p.transport = rec = _Recorder()
+        stage, ids = _ToyStage(r == 0, r == pp - 1), None
+        for step, is_fresh in enumerate(fresh):
+            if is_fresh:
+                ids = [torch.tensor([step * m + i]) for i in range(m)]
+            mbs = [Microbatch(torch.zeros(SHAPE[0], SHAPE[1] + 1, dtype=torch.long), ids[i]) for i in range(m)]
+            forward_backward(stage, ps, p2p, mbs, StepInfo(step, is_fresh), schedule=schedule)
+            p2p.commit()
+        out.append(rec.groups)
+    return out
+
+
+def _compression(method: str) -> CompressionConfig:
+    return CompressionConfig(method=method, fwd_codec="quant:4" if method != "none" else "identity",
+                             bwd_codec="quant:8" if method != "none" else "identity")
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_message_is_received_with_the_bytes_and_dtype_it_was_sent(method, schedule):
+    """Every method, fresh and repeated steps (AQ-SGD: first visits raw, later ones compressed;
+    Clapping-FU: fresh steps raw): each receive buffer has the size and dtype of its send."""
+    for pp, m in ((2, 3), (3, 2)):
+        groups = record_steps(pp, m, schedule, lambda r: _compression(method))
+        replay(groups)
+        sizes = {op[3] for seq in groups for g in seq for op in g}
+        if method in ("aqsgd", "clapping-fu"):  # raw and compressed payloads both travelled
+            assert len(sizes) >= 2, (method, sizes)
+
+
+def test_replay_catches_a_size_mismatch():
+    """A sender posting 16-byte payloads (dense fp32) against a receiver expecting a 4-bit code:
+    the tags match, so the old order-only replay passed; the new one names the bytes."""
+    def compression_of(rank):
+        return _compression("none") if rank == 0 else _compression("direct")
+    groups = record_steps(2, 2, "1f1b", compression_of, fresh=[True])
+    replay(_tags(groups))  # order and tags alone agree
+    with pytest.raises(AssertionError, match=r"sent \(\('fwd', 0, 'payload'\), 16, 'torch.float32'\), received as"):
+        replay(groups)
+
+
+# --- a real tp x pp x dp job: p2p messages and every communicator's collectives ---------------------
+_COLLECTIVES = ("all_reduce", "all_gather", "broadcast", "barrier")
+
+
+def _group_key(group) -> tuple:
+    import torch.distributed as dist
+    g = group or dist.group.WORLD
+    return (getattr(g, "group_name", ""), tuple(dist.get_process_group_ranks(g)))
+
+
+def _nbytes(x) -> tuple:
+    tensors = x if isinstance(x, (list, tuple)) else [x]
+    return sum(t.numel() * t.element_size() for t in tensors), str(tensors[0].dtype)
+
+
+def _record_collectives(log: list):
+    """Wrap torch.distributed's collectives (in this forked rank) to log (group, op, bytes, dtype)
+    in issue order; returns the function that puts the originals back."""
+    import inspect
+
+    import torch.distributed as dist
+    originals = {name: getattr(dist, name) for name in _COLLECTIVES}
+    for name, real in originals.items():
+        signature = inspect.signature(real)
+
+        def wrapper(*args, _real=real, _name=name, _sig=signature, **kwargs):
+            bound = _sig.bind(*args, **kwargs).arguments
+            tensor = bound.get("tensor", bound.get("tensor_list"))  # all_gather: what this rank contributes
+            log.append((_group_key(bound.get("group")), _name, *(_nbytes(tensor) if tensor is not None else (0, ""))))
+            return _real(*args, **kwargs)
+        setattr(dist, name, wrapper)
+    return lambda: [setattr(dist, name, real) for name, real in originals.items()]
+
+
+def _job_worker(rank, world, configs, steps):
+    out = []
+    for argv in configs:
+        tr = make_trainer(rank, world, argv)
+        p2p_log, coll_log, fresh = [], [], []
+        real = tr.p2p.transport
+
+        def transport(ops, _real=real, _log=p2p_log):
+            _log.append([_op(o) for o in ops])
+            return _real(ops)
+        tr.p2p.transport = transport
+        tr.p2p.early_recv = False  # the NCCL path: the stream-ordered replay applies
+        restore = _record_collectives(coll_log)
+        for _ in range(steps):
+            batch = tr.data.train.next_batch()
+            fresh.append(bool(batch.fresh))
+            tr.train_step(batch)
+        restore()
+        out.append({"p2p": p2p_log, "coll": coll_log, "fresh": fresh})
+    return out
+
+
+def check_collectives(logs: list) -> None:
+    """Every member of every communicator issued the same collectives (op, bytes, dtype) in the
+    same order; AssertionError naming the first difference."""
+    by_group: dict = {}
+    for rank, log in enumerate(logs):
+        for key, *call in log:
+            by_group.setdefault(key, {}).setdefault(rank, []).append(tuple(call))
+    for (name, ranks), calls in by_group.items():
+        missing = [r for r in ranks if r not in calls]
+        assert not missing, f"group {name} {ranks}: ranks {missing} issued none of its collectives"
+        first = calls[ranks[0]]
+        for r in ranks[1:]:
+            if calls[r] != first:
+                i = next((i for i, (a, b) in enumerate(zip(first, calls[r])) if a != b), min(len(first), len(calls[r])))
+                raise AssertionError(f"group {name} {ranks}: collective {i} is {first[i:i + 1]} on rank {ranks[0]} "
+                                     f"but {calls[r][i:i + 1]} on rank {r}")
+
+
+JOB_METHODS = [["--pp-compression-method", "aqsgd", "--pp-fwd-codec", "quant:4", "--pp-bwd-codec", "quant:8"],
+               ["--pp-compression-method", "clapping-fu", "--pp-fwd-codec", "topk:0.25", "--pp-bwd-codec", "quant:8",
+                "--pp-bwd-compression-method", "ef21"]]
+
+
+@pytest.fixture(scope="module")
+def tp2pp2dp2():
+    """tp=2 x pp=2 x dp=2 (8 forked gloo ranks), AQ-SGD and Clapping-FU, 4 steps, fresh every
+    other step (--lazy-sampling-period 2)."""
+    configs = [tiny_args(layers=2, extra=["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                                          "--lazy-sampling-period", "2", *m]) for m in JOB_METHODS]
+    return run_ranks(_job_worker, 8, configs, 4)
+
+
+def test_a_real_job_receives_every_message_as_sent(tp2pp2dp2):
+    for c in range(len(JOB_METHODS)):
+        assert tp2pp2dp2[0][c]["fresh"] == [True, False, True, False]
+        replay([res[c]["p2p"] for res in tp2pp2dp2])
+        sizes = {op[3] for res in tp2pp2dp2 for g in res[c]["p2p"] for op in g}
+        assert len(sizes) >= 3, sizes  # raw and compressed payloads, both directions
+
+
+def test_a_real_job_issues_every_communicator_s_collectives_in_one_order(tp2pp2dp2):
+    for c in range(len(JOB_METHODS)):
+        logs = [res[c]["coll"] for res in tp2pp2dp2]
+        check_collectives(logs)
+        ops = {call[1] for log in logs for call in log}
+        assert {"all_reduce", "all_gather"} <= ops, ops  # dp buckets, tp gathers of the boundary
+
+
+def test_the_collective_check_catches_a_rank_dependent_order():
+    group = ("1", (0, 1))
+    a = [(group, "all_reduce", 64, "torch.float32"), (group, "all_gather", 32, "torch.float32")]
+    check_collectives([a, list(a)])
+    with pytest.raises(AssertionError, match="collective 0"):
+        check_collectives([a, a[::-1]])
+    with pytest.raises(AssertionError, match="issued none"):
+        check_collectives([a, []])
+
+
 # --- tensor-parallel split boundary (gloo, forked ranks) -----------------------------------------
 METHODS = ["direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu"]
 
@@ -400,7 +585,7 @@ def test_tp_split_identity_codec_bit_identical_under_every_method(tp2pp2):
 
 
 def test_seq_length_must_divide_by_tp_with_a_pipeline():
-    from megaclap.arguments import parse_args
+    from megaclap.config import parse_args
     from megaclap.config import ConfigError
     argv = _tp_args(2, ["--seq-length", "15", "--max-position-embeddings", "16"])
     with pytest.raises(ConfigError, match="--seq-length 15 is not divisible by --tensor-model-parallel-size 2"):

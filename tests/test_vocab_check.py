@@ -1,8 +1,9 @@
 """Token ids >= the model's vocabulary are refused at build time, with one line, on every rank.
 
-The corpus is Megatron's NullTokenizer recipe: `preprocess_data ... --tokenizer-type NullTokenizer
---vocab-size 512 --append-eod` writes ids < 512 and the end-of-document id 512. Training it with
-a 512-entry vocabulary used to be an IndexError at pp=2 and silent garbage at tp=2."""
+The corpus is Megatron's older NullTokenizer recipe: `preprocess_data ... --tokenizer-type
+NullTokenizer --vocab-size 512 --append-eod --legacy-null-tokenizer` writes ids < 512 and the
+end-of-document id 512. Training it with a 512-entry vocabulary used to be an IndexError at pp=2
+and silent garbage at tp=2."""
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from megaclap.data import build_data_sources
 from megaclap.data.builder import token_id_range
-from megaclap.data.config import DataConfig
+from megaclap.config import DataConfig
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder
 from tests.dist import run_ranks
 from tests.train_utils import make_trainer, tiny_args
@@ -38,8 +39,8 @@ def test_id_at_vocab_size_is_refused_with_one_line(tmp_path):
     prefix = null_tokenizer_corpus(tmp_path / "null")
     with pytest.raises(ValueError, match=MESSAGE) as err:
         _build(prefix, 512)
-    assert "\n" not in str(err.value) and "NullTokenizer" in str(err.value)
-    sources = _build(prefix, 513)  # NullTokenizer's vocabulary: --vocab-size + 1
+    assert "\n" not in str(err.value) and "--legacy-null-tokenizer" in str(err.value)
+    sources = _build(prefix, 513)  # the older NullTokenizer's vocabulary: --vocab-size + 1
     assert int(sources.train.next_batch().tokens.max()) == 512
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from megaclap.arguments import parse_args
+from megaclap.config import parse_args
 from megaclap.parallel.state import ParallelState
 from megaclap.training.trainer import Trainer
 

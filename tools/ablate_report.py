@@ -28,7 +28,8 @@ from tools.ablate_data import load_example
 PAYLOAD_RE = re.compile(r"compression/boundary(\d+)/(fwd|bwd)/"
                         r"(raw_bytes|payload_bytes|ref_memory_bytes|rel_err)")
 STORE_RE = re.compile(r"aqsgd-store-rows/dp(\d+)")
-TEST_RE = re.compile(r"test loss at iteration \d+ \| lm loss value: ([-+0-9.eE]+)")
+TEST_RE = re.compile(r"(?:test loss at iteration \d+|validation loss at iteration \d+ on test set) \| "
+                     r"lm loss value: ([-+0-9.eE]+)")   # older logs: "test loss at"
 CSV_FIELDS = ("name", "model", "regime", "method", "bwd_method", "fwd_codec", "bwd_codec", "p",
               "iterations", "train_loss", "val_loss", "test_loss", "tokens_seen", "fresh_steps",
               "samples_drawn", "train_samples", "distinct_samples", "epochs", "bytes_sent",
@@ -189,7 +190,7 @@ def baseline_val(results: list, r: dict):
 
 def markdown_table(results: list) -> list:
     """The table's lines (one row per finished cell, grid order)."""
-    head = ("| model | regime | method | fwd codec | bwd codec | p | steps | train loss | val loss "
+    head = ("| model | regime | method | variant | fwd codec | bwd codec | p | steps | train loss | val loss "
             "| val - base | tokens seen | distinct samples (epochs) | MB sent / boundary | ratio "
             "(fwd / bwd) | tokens/s | ref mem MB (AQ-SGD rows per dp rank) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -203,7 +204,7 @@ def markdown_table(results: list) -> list:
         epochs = f" ({r['epochs']:.2g})" if r.get("epochs") else ""
         p = "1" if r["p"] is None else f"{r['p']:g}"
         lines.append(
-            f"| {r['model']} | {r['regime']} | {method} | {codecs[0]} | {codecs[1]} | {p} "
+            f"| {r['model']} | {r['regime']} | {method} | {variant_label(r)} | {codecs[0]} | {codecs[1]} | {p} "
             f"| {r['iterations']} "
             f"| {r['train_loss']:.3f} | {r['val_loss']:.3f} | {delta} | {_count(r['tokens_seen'])} "
             f"| {_count(r['distinct_samples'])}{epochs} "
@@ -222,6 +223,16 @@ def write_csv(results: list, path: str) -> None:
             per_boundary = " ".join(f"{b:.0f}" for b in r["bytes_sent_per_boundary"])
             rows = " ".join(str(n) for n in r.get("store_rows_per_dp_rank") or [])
             w.writerow({**r, "bytes_sent_per_boundary": per_boundary, "store_rows_per_dp_rank": rows})
+
+
+def variant_label(r: dict) -> str:
+    """The cell's variant and whether a paper defines it (megaclap.compression.variants)."""
+    from megaclap.compression.variants import variant
+    argv = r.get("argv") or []
+    lazy = r["p"] not in (None, 1, 1.0) or int(flag(argv, "--lazy-sampling-period", 1)) > 1
+    label, origin = variant(r["method"], r.get("bwd_method"), flag(argv, "--clapping-fc-init", "zero"),
+                            flag(argv, "--clapping-fresh-codec"), lazy)
+    return f"{label} [{origin}]"
 
 
 def _label(r: dict) -> str:

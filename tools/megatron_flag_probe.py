@@ -1,120 +1,167 @@
-"""Probe which Megatron-LM flags megaclap's command line accepts.
+"""Probe how megaclap answers Megatron-LM's flags: implemented, no effect, refused or unknown.
 
-    python tools/megatron_flag_probe.py            # summary + the rejected flags
-    python tools/megatron_flag_probe.py --verbose  # every flag with its class
+    python tools/megatron_flag_probe.py                  # every flag of the shipped list, counted
+    python tools/megatron_flag_probe.py --list           # ... and each flag with its answer
+    python tools/megatron_flag_probe.py --megatron-root /path/to/Megatron-LM --sample 120 --seed 7
 
-The probe list holds every flag of Megatron-LM's examples/gpt3/train_gpt3_175b_distributed.sh and
-examples/llama/train_llama3_8b_h100_fp8.sh (NVIDIA/Megatron-LM@d98e8a64dd) plus flags common in
-users' scripts. Each is parsed alone with a sample value; classes:
-    rejected      argparse does not know the flag
-    implemented   a config field
-    no effect     accepted and reported at start-up (megaclap/habit_flags.py NO_EFFECT)
-    missing       accepted, an error that says so unless at Megatron's own no-op value (MISSING)
+The shipped list is megaclap/config/megatron_flags.tsv (tools/megatron_flags.py extracts it).
+With --megatron-root the flags come from Megatron-LM's own parser instead: a subprocess imports
+that checkout's megatron/training/arguments.py and builds its parser (Megatron's optional
+dependencies that are missing here, e.g. triton, are stubbed for Megatron's own imports only),
+and the probe also reports any flag of that parser missing from the shipped list. --sample N
+draws N of its argparse actions with random.Random(seed).sample, in the parser's order, after
+leaving out MoE, inference, BERT/T5 and vision: the actions of the groups `moe`, `inference`,
+`vision` and `biencoder`, and every action with an option string containing "moe", "expert",
+"inference", "bert" or "t5". Each drawn action is probed by its first option string.
+
+Each flag is parsed with a plausible value (`VALUE` per value, none for a switch) on top of a
+minimal model command line, then validated at world size 1:
+    implemented   a megaclap flag (a config field)
+    no effect     accepted; one start-up line says why (megaclap/config/habit_flags.py)
+    refused       one ConfigError line naming the flag, its Megatron group and what to do instead
+    unknown       neither megaclap's nor in the shipped list (an error, one line)
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import collections
+import json
+import os
+import random
+import re
+import subprocess
 import sys
 
-# flag -> sample value (None: a switch)
-FROM_EXAMPLES = {
-    "--adam-beta1": "0.9", "--adam-beta2": "0.95", "--apply-layernorm-1p": None, "--attention-backend": "auto",
-    "--attention-dropout": "0.0", "--bf16": None, "--calculate-per-token-loss": None, "--ckpt-format": "torch_dist",
-    "--clip-grad": "1.0", "--context-parallel-size": "1", "--cross-entropy-loss-fusion": None,
-    "--data-cache-path": "cache", "--data-path": "data_text_document", "--decoupled-lr": "5e-4",
-    "--decoupled-min-lr": "4.5e-5", "--disable-bias-linear": None, "--distributed-timeout-minutes": "60",
-    "--empty-unused-memory-level": "1", "--eval-interval": "100", "--eval-iters": "32",
-    "--exit-duration-in-mins": "235", "--ffn-hidden-size": "14336", "--fp16": None,
-    "--fp8-amax-compute-algo": "max", "--fp8-amax-history-len": "1024", "--fp8-format": "hybrid",
-    "--fp8-param-gather": None, "--global-batch-size": "128", "--grad-reduce-in-bf16": None,
-    "--group-query-attention": None, "--hidden-dropout": "0.0", "--hidden-size": "4096",
-    "--init-method-std": "0.0134", "--kv-channels": "128", "--load": "ckpt", "--log-interval": "1",
-    "--log-throughput": None, "--lr": "1.5e-4", "--lr-decay-iters": "430000", "--lr-decay-samples": "1949218748",
-    "--lr-decay-style": "cosine", "--lr-warmup-fraction": ".001", "--lr-warmup-samples": "3906252",
-    "--manual-gc": None, "--max-position-embeddings": "8192", "--merge-file": "gpt2-merges.txt",
-    "--micro-batch-size": "1", "--min-lr": "1e-5", "--mock-data": None,
-    "--no-create-attention-mask-in-dataloader": None, "--no-mmap-bin-files": None, "--normalization": "RMSNorm",
-    "--num-attention-heads": "32", "--num-layers": "32", "--num-query-groups": "8", "--num-workers": "1",
-    "--overlap-grad-reduce": None, "--overlap-param-gather": None, "--pipeline-model-parallel-size": "16",
-    "--position-embedding-type": "rope", "--profile": None, "--profile-step-end": "6", "--profile-step-start": "4",
-    "--rotary-base": "1000000", "--rotary-percent": "1.0", "--save": "ckpt", "--save-interval": "1000",
-    "--seq-length": "8192", "--sequence-parallel": None, "--split": "99,1,0",
-    "--step-batch-size-schedule": "0:16 2.4B:320", "--swiglu": None, "--tensor-model-parallel-size": "8",
-    "--tensorboard-dir": "tb", "--tiktoken-pattern": "v2", "--tokenizer-model": "tok",
-    "--tokenizer-type": "NullTokenizer", "--train-iters": "500000", "--train-samples": "1953125000",
-    "--untie-embeddings-and-output-weights": None, "--use-distributed-optimizer": None, "--use-mcore-models": None,
-    "--vocab-file": "gpt2-vocab.json", "--vocab-size": "128256", "--weight-decay": "0.1",
-}
-COMMON = {
-    "--seed": "1234", "--lr-warmup-iters": "2000", "--lr-warmup-init": "0.0", "--rampup-batch-size": ["16", "16", "1000"],
-    "--override-opt_param-scheduler": None, "--use-checkpoint-opt_param-scheduler": None,
-    "--loss-scale": "1024", "--initial-loss-scale": "65536", "--min-loss-scale": "1", "--loss-scale-window": "1000",
-    "--hysteresis": "2", "--adam-eps": "1e-8", "--optimizer": "adam", "--use-flash-attn": None,
-    "--transformer-impl": "local", "--attention-softmax-in-fp32": None, "--no-masked-softmax-fusion": None,
-    "--no-bias-gelu-fusion": None, "--no-bias-dropout-fusion": None, "--no-bias-swiglu-fusion": None,
-    "--no-rope-fusion": None, "--no-gradient-accumulation-fusion": None, "--no-persist-layer-norm": None,
-    "--log-params-norm": None, "--log-num-zeros-in-grad": None, "--log-timers-to-tensorboard": None,
-    "--log-validation-ppl-to-tensorboard": None, "--log-memory-to-tensorboard": None,
-    "--log-world-size-to-tensorboard": None, "--tensorboard-log-interval": "1", "--tensorboard-queue-size": "1000",
-    "--distributed-backend": "nccl", "--use-cpu-initialization": None, "--recompute-granularity": "full",
-    "--recompute-method": "uniform", "--recompute-num-layers": "1", "--recompute-activations": None,
-    "--num-layers-per-virtual-pipeline-stage": "2", "--num-virtual-stages-per-pipeline-rank": "2",
-    "--decoder-first-pipeline-num-layers": "2", "--decoder-last-pipeline-num-layers": "2",
-    "--make-vocab-size-divisible-by": "128", "--norm-epsilon": "1e-5", "--openai-gelu": None,
-    "--squared-relu": None, "--no-position-embedding": None, "--use-rotary-position-embeddings": None,
-    "--exit-interval": "1000", "--exit-signal-handler": None, "--finetune": None, "--no-load-optim": None,
-    "--no-load-rng": None, "--no-save-optim": None, "--no-save-rng": None, "--use-checkpoint-args": None,
-    "--eod-mask-loss": None, "--reset-position-ids": None, "--reset-attention-mask": None,
-    "--dataloader-type": "single", "--train-data-path": "a", "--valid-data-path": "b", "--test-data-path": "c",
-    "--num-experts": "8", "--expert-model-parallel-size": "1", "--moe-router-topk": "2",
-    "--timing-log-level": "0", "--timing-log-option": "minmax", "--barrier-with-L1-time": None,
-    "--wandb-project": "p", "--wandb-exp-name": "e", "--wandb-save-dir": "w",
-    "--accumulate-allreduce-grads-in-fp32": None, "--fp16-lm-cross-entropy": None, "--use-legacy-models": None,
-    "--skip-train": None, "--log-progress": None, "--no-async-tensor-model-parallel-allreduce": None,
-    "--qk-layernorm": None, "--add-qkv-bias": None, "--manual-gc-interval": "0", "--use-pytorch-profiler": None,
-    "--profile-ranks": "0", "--async-save": None, "--lr-wsd-decay-style": "linear", "--lr-wsd-decay-iters": "10",
-    "--num-dataset-builder-threads": "1", "--cross-entropy-fusion-impl": "native", "--tp-comm-overlap": None,
-    "--overlap-p2p-communication": None, "--deterministic-mode": None, "--fp8-recipe": "delayed",
-    "--start-weight-decay": "0.01", "--end-weight-decay": "0.1", "--weight-decay-incr-style": "constant",
-    "--vocab-extra-ids": "0", "--data-args-path": "args.txt",
-}
-PROBE = {**FROM_EXAMPLES, **COMMON}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--seq-length", "16", "--vocab-size", "100", "--micro-batch-size", "2", "--mock-data",
+        "--train-iters", "4"]
+LEFT_OUT_GROUPS = ("moe", "inference", "vision", "biencoder")
+LEFT_OUT_NAMES = re.compile(r"moe|expert|inference|bert|t5")
+KINDS = ("implemented", "no effect", "refused", "unknown")
+
+# Builds Megatron-LM's own parser from a checkout and prints its actions as JSON (run in a
+# subprocess; Megatron's code is imported from the checkout, never copied).
+_MEGATRON_PARSER = r'''
+import argparse, importlib.abc, importlib.machinery, json, sys, types, typing
+from unittest import mock
+root, stubs = sys.argv[1], set(sys.argv[2].split(","))
+import torch, torch.utils._triton
+torch.utils._triton.has_triton_package()        # torch caches "no triton" before any stub exists
+for name in ("torch.utils.flop_counter", "torch._inductor.utils", "torch._dynamo",
+             "torch._functorch.aot_autograd", "torch._inductor.codecache",
+             "torch._inductor.runtime.triton_compat", "torch._inductor.compile_fx", "torch._inductor.ir"):
+    __import__(name)
+if not hasattr(typing, "override"):             # Python < 3.12
+    typing.override = lambda f: f
+class Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A missing optional package, for imports made by Megatron's own files only."""
+    def find_spec(self, name, path, target=None):
+        f = sys._getframe(1)
+        while f and f.f_code.co_filename.startswith("<frozen"):
+            f = f.f_back
+        if name.split(".")[0] in stubs and f and f.f_code.co_filename.startswith(root):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    def create_module(self, spec):
+        m = mock.MagicMock(name=spec.name)
+        m.__path__, m.__spec__, m.__name__, m.__version__ = [], spec, spec.name, "3.4.0"
+        return m
+    def exec_module(self, module):
+        pass
+sys.meta_path.append(Stubs())
+sys.path.insert(0, root)
+from megatron.training.arguments import add_megatron_arguments
+parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False))
+zero = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+        argparse._CountAction, argparse.BooleanOptionalAction)
+out = [{"flags": a.option_strings, "group": g.title,
+        "nargs": 0 if isinstance(a, zero) else (a.nargs or 1)}
+       for g in parser._action_groups for a in g._group_actions if "-h" not in a.option_strings]
+print("MEGATRON_ACTIONS " + json.dumps(out))
+'''
 
 
-def classify(flag: str, value, parser) -> str:
+def megatron_actions(root: str, stubs: str = "triton") -> list:
+    """[{flags, group, nargs}] of Megatron-LM's own parser, built from a checkout in a subprocess."""
+    r = subprocess.run([sys.executable, "-c", _MEGATRON_PARSER, os.path.abspath(root), stubs],
+                       capture_output=True, text=True, timeout=900)
+    for line in r.stdout.splitlines():
+        if line.startswith("MEGATRON_ACTIONS "):
+            return json.loads(line[len("MEGATRON_ACTIONS "):])
+    raise SystemExit(f"megatron_flag_probe: could not build Megatron-LM's parser from {root}:\n"
+                     + "\n".join(r.stderr.splitlines()[-5:]))
+
+
+def shipped_actions() -> list:
+    """The shipped list, one entry per option string."""
+    from megaclap.config.megatron_flags import megatron_flags
+    return [{"flags": [m.flag], "group": m.group, "nargs": m.nargs}
+            for m in megatron_flags().values()]
+
+
+def left_out(action: dict) -> bool:
+    return (action["group"] in LEFT_OUT_GROUPS
+            or any(LEFT_OUT_NAMES.search(f) for f in action["flags"]))
+
+
+def sample_values(nargs) -> list:
+    nargs = str(nargs)
+    if nargs in ("0", "?", "*"):
+        return []
+    return ["VALUE"] * (int(nargs) if nargs.isdigit() else 1)
+
+
+def classify(flag: str, nargs, parser) -> tuple:
+    """(kind, the one line megaclap prints about the flag, or '')."""
+    from megaclap.config import ConfigError, parse_args
+    from megaclap.config.habit_flags import habit_notes
+    action = parser._option_string_actions.get(flag)
+    if action is None:
+        return "unknown", ""
+    if not action.dest.startswith("megatron_"):
+        return "implemented", ""
     try:
-        from megaclap.habit_flags import MISSING, NO_EFFECT
-    except ImportError:   # a megaclap from before the habit-flag list (to measure the "before" count)
-        MISSING = NO_EFFECT = {}
-    argv = [flag] + ([] if value is None else value if isinstance(value, list) else [value])
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            _, unknown = parser.parse_known_args(argv)
-        except (SystemExit, argparse.ArgumentError):  # build_parser has exit_on_error=False
-            return "bad sample value"
-    if flag in unknown:
-        return "rejected"
-    return "no effect" if flag in NO_EFFECT else "missing" if flag in MISSING else "implemented"
+        cfg = parse_args(BASE + [flag] + sample_values(nargs)).validate(1)
+    except ConfigError as e:
+        return ("refused" if str(e).startswith(flag) else "bad sample value"), str(e)
+    notes = [n for n in habit_notes(cfg.megatron_flags) if n.startswith(f" > {flag}")]
+    return ("no effect" if len(notes) == 1 else "bad sample value"), "\n".join(notes)
 
 
 def main(argv=None) -> int:
-    from megaclap.arguments import build_parser
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--megatron-root", help="probe the flags of this Megatron-LM checkout's parser")
+    ap.add_argument("--sample", type=int,
+                    help="probe this many actions (MoE/inference/BERT/T5/vision left out)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--list", action="store_true", help="print every probed flag and its answer")
     args = ap.parse_args(argv)
+    from megaclap.config import build_parser
+    from megaclap.config.megatron_flags import megatron_flags
     parser = build_parser()
-    classes = {flag: classify(flag, value, parser) for flag, value in PROBE.items()}
-    counts = {c: sum(v == c for v in classes.values()) for c in sorted(set(classes.values()))}
-    from_examples = sum(classes[f] == "rejected" for f in FROM_EXAMPLES)
-    print(f"{len(PROBE)} Megatron-LM flags probed ({len(FROM_EXAMPLES)} from the GPT-3 and Llama-3 examples): "
-          + ", ".join(f"{n} {c}" for c, n in counts.items())
-          + f"; {from_examples} of the rejected are in the examples")
-    for flag, c in classes.items():
-        if args.verbose or c in ("rejected", "bad sample value"):
-            print(f"  {c:16s} {flag}")
-    return 0
+    actions = megatron_actions(args.megatron_root) if args.megatron_root else shipped_actions()
+    if args.megatron_root:
+        absent = [f for a in actions for f in a["flags"] if f not in megatron_flags()]
+        strings = sum(len(a["flags"]) for a in actions)
+        print(f"Megatron-LM's parser: {len(actions)} actions, {strings} option strings; "
+              f"not in the shipped list: {absent or 'none'}")
+    pool = actions
+    if args.sample:
+        pool = [a for a in actions if not left_out(a)]
+        print(f"left out (MoE, inference, BERT/T5, vision): {len(actions) - len(pool)}; "
+              f"drawing {args.sample} of {len(pool)} with seed {args.seed}")
+        pool = random.Random(args.seed).sample(pool, args.sample)
+    answers = {a["flags"][0]: classify(a["flags"][0], a["nargs"], parser) for a in pool}
+    counts = collections.Counter(kind for kind, _ in answers.values())
+    shown = [k for k in KINDS + ("bad sample value",) if counts[k] or k in KINDS]
+    print(f"{len(answers)} flags: " + ", ".join(f"{counts[k]} {k}" for k in shown))
+    for flag, (kind, line) in answers.items():
+        if args.list or kind in ("unknown", "bad sample value"):
+            print(f"  {kind:11s} {flag}" + (f"\n      {line.strip()}" if line else ""))
+    return 1 if counts["unknown"] else 0
 
 
 if __name__ == "__main__":

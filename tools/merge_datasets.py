@@ -6,6 +6,11 @@
 
 --input takes directories (every complete .bin/.idx pair inside, in sorted order) and/or
 prefixes. Shards must share a token dtype (one tokenizer). Documents keep their order.
+
+Nothing is written until every shard has passed the reader's checks; the output is written to
+`<prefix>.tmp-<pid>.{bin,idx}` and renamed into place on success, under a lock on the output
+prefix (`<prefix>.lock`), so a failed or concurrent merge never touches an existing output.
+A problem ends the run with one line and exit code 2.
 """
 
 import argparse
@@ -16,7 +21,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megaclap.data.indexed_dataset import (IndexedDataset, IndexedDatasetBuilder,  # noqa: E402
-                                           read_index_header)
+                                           IndexedDatasetError)
+from megaclap.errors import UserFileNotFoundError, UserValueError, run_tool  # noqa: E402
+from megaclap.locks import lock_prefix  # noqa: E402
 
 
 def list_prefixes(inputs, exclude=None):
@@ -28,13 +35,34 @@ def list_prefixes(inputs, exclude=None):
             found = sorted(os.path.join(item, f[:-4]) for f in os.listdir(item) if f.endswith(".idx"))
             found = [p for p in found if IndexedDataset.exists(p) and os.path.abspath(p) != exclude]
             if not found:
-                raise FileNotFoundError(f"--input {item}: no .bin/.idx pairs in this directory")
+                raise UserFileNotFoundError(f"--input {item}: no .bin/.idx pairs in this directory")
             prefixes.extend(found)
         elif IndexedDataset.exists(item):
             prefixes.append(item)
         else:
-            raise FileNotFoundError(f"--input {item}: neither a directory nor a .bin/.idx prefix")
+            raise UserFileNotFoundError(f"--input {item}: neither a directory nor a .bin/.idx prefix")
     return prefixes
+
+
+def check_shards(prefixes):
+    """Open every shard with the reader's checks (sizes, pointers, lengths); returns their one dtype."""
+    dtypes = {}
+    for p in prefixes:
+        ds = IndexedDataset(p, mmap=False)
+        dtypes[p] = ds.dtype
+        ds.close()
+    first = dtypes[prefixes[0]]
+    for p in prefixes:
+        if dtypes[p] != first:
+            raise IndexedDatasetError(f"{p}: dtype mismatch: {dtypes[p]} vs {first} of {prefixes[0]}; merge "
+                                      "shards of one tokenizer")
+    return first
+
+
+def _remove(*paths):
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def merge(inputs, output_prefix):
@@ -42,15 +70,21 @@ def merge(inputs, output_prefix):
     out = os.path.abspath(output_prefix)
     prefixes = list_prefixes(inputs, exclude=out)
     if any(os.path.abspath(p) == out for p in prefixes):
-        raise ValueError(f"--output-prefix {output_prefix} is one of the inputs; choose another")
-    dtype = read_index_header(prefixes[0] + ".idx")[0]
-    out_dir = os.path.dirname(output_prefix)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    builder = IndexedDatasetBuilder(output_prefix + ".bin", dtype)
-    for p in prefixes:
-        builder.add_index(p)
-    builder.finalize(output_prefix + ".idx")
+        raise UserValueError(f"--output-prefix {output_prefix} is one of the inputs; choose another")
+    with lock_prefix(output_prefix, f"--output-prefix {output_prefix}"):
+        dtype = check_shards(prefixes)
+        tmp = f"{output_prefix}.tmp-{os.getpid()}"
+        builder = IndexedDatasetBuilder(tmp + ".bin", dtype)
+        try:
+            for p in prefixes:
+                builder.add_index(p)
+            builder.finalize(tmp + ".idx")
+            IndexedDataset(tmp, mmap=False).close()  # the merged pair passes the reader's checks
+            os.replace(tmp + ".bin", output_prefix + ".bin")
+            os.replace(tmp + ".idx", output_prefix + ".idx")
+        finally:
+            builder._out.close()
+            _remove(tmp + ".bin", tmp + ".idx")
     return prefixes
 
 
@@ -66,5 +100,10 @@ def main(argv=None):
     return prefixes
 
 
+def cli(argv=None):
+    """main() with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("merge_datasets.py", main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -16,13 +16,17 @@ ahead), so memory stays flat however large the corpus. `--partitions N` runs N s
 pipelines (workers / N processes each) on records i % N == p, as Megatron's round-robin
 partitions, and merges their outputs in partition order.
 
-Nothing is written unless the whole run succeeds: every output goes to `<name>.tmp.*`
-first and is renamed into place at the end, so a failed run leaves earlier files intact.
+Nothing is written unless the whole run succeeds: every output goes to `<name>.tmp-<pid>.*`
+first and is renamed into place at the end, so a failed run leaves earlier files intact, and
+each output prefix is locked for the run (`<name>.lock`): a second run into it is refused.
 A bad record (bad JSON, missing key, a list or other non-string value) stops the run with
-`file:line` and the key; an input without any non-empty document is an error.
+`file:line` and the key; an input without any non-empty document is an error. An input whose
+text is mostly undecodable bytes or control characters (a binary file, another encoding) is
+written but warned about.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -35,15 +39,22 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megaclap.config.data import TOKENIZER_TYPES  # noqa: E402
 from megaclap.data.indexed_dataset import IndexedDatasetBuilder, best_dtype  # noqa: E402
 from megaclap.data.text_readers import (InputError, expand_inputs, iter_chunks, record_texts,  # noqa: E402
                                         select_partition, split_sentences)
-from megaclap.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megaclap.data.tokenizers import build_tokenizer  # noqa: E402
+from megaclap.errors import run_tool  # noqa: E402
+from megaclap.locks import lock_prefix  # noqa: E402
+
+# U+FFFD (bytes that are not UTF-8) and C0 control characters other than tab and newlines
+_NOT_TEXT = dict.fromkeys([0xFFFD, *range(0, 9), 11, 12, *range(14, 32), 127])
+NOT_TEXT_WARNING = 0.1  # warn when more than this fraction of a file's characters are not text
 
 
 def _tokenizer(args):
     return build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
-                           args.vocab_file, args.merge_file)
+                           args.vocab_file, args.merge_file, args.legacy_null_tokenizer)
 
 
 class Encoder:
@@ -71,12 +82,16 @@ class Encoder:
 
     @classmethod
     def encode_chunk(cls, chunk):
-        """Chunk -> (nbytes, n, {key: (tokens int32 [T], seq lengths int64 [S], seqs per doc [n])})."""
+        """Chunk -> (nbytes, n, {key: (tokens int32 [T], seq lengths int64 [S], seqs per doc [n])},
+        (path, characters that are not text, characters))."""
         keys = cls.args.json_keys
         seqs = {k: [] for k in keys}
         counts = {k: [] for k in keys}
+        bad = chars = 0
         for record, line in zip(chunk.records, chunk.lines):
             for key, text in record_texts(chunk.fmt, record, keys, chunk.path, line).items():
+                bad += len(text) - len(text.translate(_NOT_TEXT))
+                chars += len(text)
                 doc = cls._document(text)
                 seqs[key].extend(np.asarray(s, np.int32) for s in doc)   # 4 B/token, not a list
                 counts[key].append(len(doc))
@@ -85,7 +100,7 @@ class Encoder:
             lengths = np.fromiter((len(s) for s in seqs[key]), np.int64, len(seqs[key]))
             flat = np.concatenate(seqs[key]) if seqs[key] else np.zeros(0, np.int32)
             out[key] = (flat, lengths, np.asarray(counts[key], np.int64))
-        return chunk.nbytes, len(chunk.records), out
+        return chunk.nbytes, len(chunk.records), out, (chunk.path, bad, chars)
 
 
 def _gated(chunks, sem, stop):
@@ -146,17 +161,21 @@ def _add(builder, flat, lengths, per_doc):
 
 def encode_files(args, files, prefixes, dtype, partition=None, workers=1, bar=None):
     """Tokenize files (or one partition of their records) into a .bin/.idx pair per key at
-    prefixes {key: prefix}; returns (records, bytes, {key: empty documents skipped})."""
+    prefixes {key: prefix}; returns (records, bytes, {key: empty documents skipped},
+    {file: [characters that are not text, characters]})."""
     builders = {k: IndexedDatasetBuilder(p + ".bin", dtype) for k, p in prefixes.items()}
     records = done = 0
+    text_counts: dict = {}
     try:
         chunks = iter_chunks(files, args.json_keys)
         if partition is not None:
             chunks = select_partition(chunks, *partition)
-        for nbytes, n, encoded in _results(args, chunks, workers):
+        for nbytes, n, encoded, (path, bad, chars) in _results(args, chunks, workers):
             for key, parts in encoded.items():
                 _add(builders[key], *parts)
             records, done = records + n, done + nbytes
+            counted = text_counts.setdefault(path, [0, 0])
+            counted[0], counted[1] = counted[0] + bad, counted[1] + chars
             if bar is not None:
                 bar.update(nbytes)
         for key, builder in builders.items():
@@ -166,7 +185,7 @@ def encode_files(args, files, prefixes, dtype, partition=None, workers=1, bar=No
             builder._out.close()   # the builder has no abort(); its .bin is removed next
         _remove(*prefixes.values())
         raise
-    return records, done, {k: b.skipped_empty for k, b in builders.items()}
+    return records, done, {k: b.skipped_empty for k, b in builders.items()}, text_counts
 
 
 def _partition_main(args, files, prefixes, dtype, index, workers, conn):
@@ -178,10 +197,11 @@ def _partition_main(args, files, prefixes, dtype, index, workers, conn):
         conn.close()
 
 
-def encode_partitions(args, files, finals, dtype):
-    """--partitions N: N processes encode records i % N == p into part files, merged in order."""
+def encode_partitions(args, files, tmps, dtype):
+    """--partitions N: N processes encode records i % N == p into part files, merged in order
+    into the pairs at prefixes tmps {key: prefix}."""
     n, workers = args.partitions, max(1, args.workers // args.partitions)
-    parts = [{k: f"{f}.part{p}.tmp" for k, f in finals.items()} for p in range(n)]
+    parts = [{k: f"{f}.part{p}" for k, f in tmps.items()} for p in range(n)]
     procs = []
     try:
         for p in range(n):
@@ -203,19 +223,24 @@ def encode_partitions(args, files, finals, dtype):
                     raise (FileNotFoundError if msg[1] == "FileNotFoundError" else InputError)(msg[2])
                 results[p] = msg[1]
         results = [results[p] for p in range(n)]
-        for key, final in finals.items():
-            builder = IndexedDatasetBuilder(final + ".tmp.bin", dtype)
+        for key, tmp in tmps.items():
+            builder = IndexedDatasetBuilder(tmp + ".bin", dtype)
             for p in range(n):
                 builder.add_index(parts[p][key])
-            builder.finalize(final + ".tmp.idx")
+            builder.finalize(tmp + ".idx")
     finally:
         for proc, _ in procs:
             if proc.is_alive():
                 proc.terminate()
             proc.join()
         _remove(*[q for part in parts for q in part.values()])
-    skipped = {k: sum(r[2][k] for r in results) for k in finals}
-    return sum(r[0] for r in results), sum(r[1] for r in results), skipped
+    skipped = {k: sum(r[2][k] for r in results) for k in tmps}
+    text_counts: dict = {}
+    for r in results:
+        for path, (bad, chars) in r[3].items():
+            counted = text_counts.setdefault(path, [0, 0])
+            counted[0], counted[1] = counted[0] + bad, counted[1] + chars
+    return sum(r[0] for r in results), sum(r[1] for r in results), skipped, text_counts
 
 
 def preprocess(args):
@@ -226,16 +251,28 @@ def preprocess(args):
     dtype = best_dtype(_tokenizer(args).vocab_size)
     level = "sentence" if args.split_sentences else "document"
     finals = {k: output_prefix(args.output_prefix, k, level) for k in args.json_keys}
-    tmps = {k: f + ".tmp" for k, f in finals.items()}
-    if os.path.dirname(args.output_prefix):
-        os.makedirs(os.path.dirname(args.output_prefix), exist_ok=True)
+    tmps = {k: f"{f}.tmp-{os.getpid()}" for k, f in finals.items()}
     start = time.perf_counter()
+    with contextlib.ExitStack() as locks:
+        for final in sorted(set(finals.values())):
+            locks.enter_context(lock_prefix(final, f"--output-prefix {args.output_prefix} ({final})"))
+        records, done, skipped, text_counts = _encode_and_commit(args, files, finals, tmps, dtype)
+    elapsed = time.perf_counter() - start
+    not_text = {path: bad / chars for path, (bad, chars) in text_counts.items()
+                if chars and bad / chars > NOT_TEXT_WARNING}
+    return {"documents": records, "bytes": done, "seconds": elapsed,
+            "mb_per_s": done / 1e6 / max(elapsed, 1e-9), "dtype": np.dtype(dtype).name,
+            "skipped_empty": skipped, "outputs": list(finals.values()), "not_text": not_text}
+
+
+def _encode_and_commit(args, files, finals, tmps, dtype):
+    """Encode into the tmps, then rename every output into place (only if all succeeded)."""
     try:
         if args.partitions > 1:
-            records, done, skipped = encode_partitions(args, files, finals, dtype)
+            records, done, skipped, text_counts = encode_partitions(args, files, tmps, dtype)
         else:
             bar = _progress(sum(os.path.getsize(f) for f in files), args)
-            records, done, skipped = encode_files(args, files, tmps, dtype, None, args.workers, bar)
+            records, done, skipped, text_counts = encode_files(args, files, tmps, dtype, None, args.workers, bar)
             if bar is not None:
                 bar.close()
         empty = [k for k in finals if records - skipped[k] == 0]
@@ -247,10 +284,7 @@ def preprocess(args):
                 os.replace(tmps[key] + ext, final + ext)
     finally:
         _remove(*tmps.values())
-    elapsed = time.perf_counter() - start
-    return {"documents": records, "bytes": done, "seconds": elapsed,
-            "mb_per_s": done / 1e6 / max(elapsed, 1e-9), "dtype": np.dtype(dtype).name,
-            "skipped_empty": skipped, "outputs": list(finals.values())}
+    return records, done, skipped, text_counts
 
 
 def _progress(total, args):
@@ -280,7 +314,10 @@ def get_args(argv=None):
                    help="sentencepiece .model, or tokenizer.json / a directory with it or vocab.json + merges.txt")
     g.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
     g.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
-    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="NullTokenizer vocabulary size V (end-of-document id V - 1)")
+    g.add_argument("--legacy-null-tokenizer", action="store_true",
+                   help="NullTokenizer as Megatron-LM before core 0.18: end-of-document id V (V + 1 ids)")
     g.add_argument("--append-eod", action="store_true", help="append the eod token to each document")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")
@@ -298,6 +335,10 @@ def main(argv=None):
     """Run with argv; errors are raised (cli() turns them into one line and exit code 2)."""
     args = get_args(argv)
     summary = preprocess(args)
+    for path, fraction in summary["not_text"].items():
+        print(f"preprocess_data.py: warning: {path}: {fraction:.0%} of its characters are undecodable bytes "
+              "(U+FFFD) or control characters: is it text in UTF-8? (a binary file or another encoding); its "
+              "documents were written", file=sys.stderr)
     print(f"done: {summary['documents']} documents, {summary['bytes'] / 1e6:.1f} MB in "
           f"{summary['seconds']:.1f} s ({summary['mb_per_s']:.2f} MB/s), dtype {summary['dtype']}, "
           f"skipped empty: {summary['skipped_empty']} -> {', '.join(summary['outputs'])}")
@@ -305,13 +346,8 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    try:
-        main(argv)
-    except (ValueError, KeyError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"preprocess_data.py: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    """main() with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("preprocess_data.py", main, argv, known=(ValueError, KeyError))
 
 
 if __name__ == "__main__":

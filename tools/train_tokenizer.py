@@ -24,28 +24,42 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megaclap.data.text_readers import expand_inputs, file_format  # noqa: E402
+from megaclap.errors import UserValueError, run_tool  # noqa: E402
 
 _BUILDERS = {"jsonl": "json", "txt": "text", "parquet": "parquet"}
 
 
 def iter_documents(files, keys):
     """Texts of `keys` from every file, streamed with `datasets` (no full download/load)."""
+    import logging
+
     from datasets import load_dataset
 
+    # its JSON reader logs each parse failure before raising it; we report it once, in one line
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     for path in files:
         fmt = file_format(path)
         extra = {"sample_by": "paragraph"} if fmt == "txt" else {}
         ds = load_dataset(_BUILDERS[fmt], data_files=[path], split="train", streaming=True,
                           **extra)
-        for row in ds:
-            if fmt == "txt":
-                yield row["text"]
-                continue
-            for key in keys:
-                if key not in row:
-                    raise KeyError(f"{path}: no key {key!r}; keys are {list(row)} (set --json-keys)")
-                if row[key]:
-                    yield row[key]
+        try:
+            yield from _texts(ds, fmt, path, keys)
+        except ValueError as e:  # pyarrow's ArrowInvalid on a line that is not JSON, ...
+            if isinstance(e, UserValueError):
+                raise
+            raise UserValueError(f"{path}: cannot read it as {fmt} ({e})") from e
+
+
+def _texts(ds, fmt, path, keys):
+    for row in ds:
+        if fmt == "txt":
+            yield row["text"]
+            continue
+        for key in keys:
+            if key not in row:
+                raise KeyError(f"{path}: no key {key!r}; keys are {list(row)} (set --json-keys)")
+            if row[key]:
+                yield row[key]
 
 
 def iter_sentences(files, keys, max_sentences=None, max_length=16384):
@@ -64,6 +78,15 @@ def train(args):
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     symbols = [s for s in (args.user_defined_symbols or "").split(",") if s]
+    try:
+        _train_spm(spm, args, files, symbols)
+    except RuntimeError as e:  # sentencepiece's own input checks (vocabulary too large for the text, ...)
+        raise UserValueError(f"sentencepiece cannot train on --input {' '.join(args.input)}: "
+                             f"{str(e).strip().splitlines()[0]}") from e
+    return args.output_prefix + ".model"
+
+
+def _train_spm(spm, args, files, symbols) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter_sentences(files, args.json_keys, args.max_sentences),
         model_prefix=args.output_prefix, model_type=args.model_type,
@@ -74,7 +97,6 @@ def train(args):
         remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
         num_threads=args.threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         minloglevel=2)
-    return args.output_prefix + ".model"
 
 
 def get_args(argv=None):
@@ -106,5 +128,10 @@ def main(argv=None):
     return path
 
 
+def cli(argv=None) -> int:
+    """main() with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("train_tokenizer.py", main, argv, known=(KeyError, ValueError))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -82,7 +82,7 @@ if [[ "${PP_EMULATE:-0}" == 1 ]]; then PARALLEL_ARGS+=(--pp-emulate); fi
 TRAIN_ARGS=(
     --micro-batch-size "$MICRO_BATCH_SIZE" --global-batch-size "$GLOBAL_BATCH_SIZE"
     --train-iters "${TRAIN_ITERS:-1000}" --lr "$LR" --min-lr "$(awk "BEGIN {print $LR / 10}")"
-    --lr-decay-style cosine --lr-warmup-iters "${LR_WARMUP_ITERS:-100}"
+    --lr-decay-style cosine --lr-warmup-iters "${LR_WARMUP_ITERS:-$(( ${TRAIN_ITERS:-1000} / 10 ))}"
     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0
     --log-interval "${LOG_INTERVAL:-10}" --eval-interval "${EVAL_INTERVAL:-500}" --eval-iters 10
     $PRECISION

@@ -13,7 +13,10 @@ A save fills iter_XXXXXXX.tmp and then `commit`s it:
     5. the aside copy is deleted
 
 A crash at any point leaves a complete checkpoint that `recover` finds: between 2 and 3 the
-aside copy is renamed back; after 3 the aside copy is stale and removed. The optimizer's
+aside copy is renamed back; after 3 the aside copy is stale and removed. The temporary name
+carries the writer's tag (iter_XXXXXXX.tmp-<tag>: training's job, a tool's pid), so two writers
+never fill one directory; the writer also holds the root's lock (megaclap.locks) and clears
+unfinished saves of dead writers (`clear_unfinished`). The optimizer's
 parameter-group order lives here too (`optimizer_group_names`): the optimizer is built from
 it and the resharding tool renumbers Adam state by it, so the two cannot disagree.
 This module imports neither the training loop nor torch.distributed.
@@ -55,6 +58,18 @@ def replica_file(dp_rank: int) -> str:
 
 def shard_path(root: str, iteration: int, tp_rank: int, pp_rank: int, pp_size: int) -> str:
     return os.path.join(iter_dir(root, iteration), rank_dir(tp_rank, pp_rank, pp_size), MODEL_FILE)
+
+
+def saved_layout(it_dir: str) -> Optional[tuple]:
+    """(tp, pp) an iteration directory was saved with, read off its mp_rank_* names; None if none."""
+    names = [n.split("_")[2:] for n in (os.listdir(it_dir) if os.path.isdir(it_dir) else [])
+             if n.startswith("mp_rank_")]
+    try:
+        tps = [int(parts[0]) for parts in names]
+        pps = [int(parts[1]) if len(parts) > 1 else 0 for parts in names]
+    except (ValueError, IndexError):
+        return None
+    return (max(tps) + 1, max(pps) + 1) if names else None
 
 
 # --- shard schema -------------------------------------------------------------------------------
@@ -141,8 +156,20 @@ def recover(root: str) -> list[str]:
             else:  # crash between the two renames: put the complete old copy back
                 os.replace(path, final)
                 notes.append(f"restored {final} from {path} (a re-save of it was interrupted)")
-        elif name.startswith("iter_") and name.endswith(TMP_SUFFIX):
-            notes.append(f"ignoring {path}: an unfinished save (never tracked); the next save replaces it")
+        elif name.startswith("iter_") and TMP_SUFFIX in name:
+            notes.append(f"ignoring {path}: an unfinished save (never tracked); the next run saving here removes it")
+    return notes
+
+
+def clear_unfinished(root: str) -> list[str]:
+    """Remove iter_*.tmp* directories in root (unfinished saves); only for the holder of root's
+    lock, which no live writer of them can hold. Returns one note per directory removed."""
+    notes = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if name.startswith("iter_") and TMP_SUFFIX in name and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            notes.append(f"removed {path}: an unfinished save of an earlier run")
     return notes
 
 
@@ -170,27 +197,37 @@ def check_not_behind(root: str, iteration: int, overwrite: bool, flag: str) -> N
                               f"or pass {flag} to overwrite")
 
 
-def prepare(root: str, iteration: int) -> str:
-    """An empty iter_XXXXXXX.tmp to fill; returns its path."""
-    tmp = iter_dir(root, iteration) + TMP_SUFFIX
+def tmp_dir(root: str, iteration: int, tag: str = "") -> str:
+    """The temporary directory a writer tagged `tag` fills before commit."""
+    return iter_dir(root, iteration) + TMP_SUFFIX + (f"-{tag}" if tag else "")
+
+
+def prepare(root: str, iteration: int, tag: str = "") -> str:
+    """An empty iter_XXXXXXX.tmp[-tag] to fill; returns its path."""
+    tmp = tmp_dir(root, iteration, tag)
     os.makedirs(root, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     return tmp
 
 
+def _free_space(path: str) -> str:
+    try:
+        return f"{shutil.disk_usage(os.path.dirname(path)).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
 def save_file(obj, path: str) -> None:
-    """torch.save with a one-line CheckpointError for OSError (disk full, permissions)."""
+    """torch.save with a one-line CheckpointError for OSError (disk full, permissions) and for the
+    RuntimeError torch's zip writer raises on a full disk ('unexpected pos 576 vs 534')."""
     try:
         torch.save(obj, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; free space there or point --save "
-                              "at another directory (the previous checkpoint is intact)") from e
-    except RuntimeError as e:  # torch's zip writer reports ENOSPC as a RuntimeError
-        if "write" not in str(e).lower():
-            raise
-        raise CheckpointError(f"cannot write {path}: {e}; free space there or point --save at another "
-                              "directory (the previous checkpoint is intact)") from e
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            f"torch's writer failed, usually a full disk ({str(e).strip().splitlines()[0]})"
+        raise CheckpointError(f"cannot write {path}: {reason} ({_free_space(path)}); free space there or point "
+                              "--save at another directory (the previous checkpoint is intact)") from e
 
 
 def _rename(src: str, dst: str) -> None:
@@ -199,7 +236,7 @@ def _rename(src: str, dst: str) -> None:
 
 def write_tracker(root: str, iteration: int) -> None:
     """Point the tracker at iteration (tmp file + rename), after the iteration's rename."""
-    tmp = os.path.join(root, TRACKER + TMP_SUFFIX)
+    tmp = os.path.join(root, f"{TRACKER}{TMP_SUFFIX}-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(str(iteration))
         f.flush()
@@ -207,11 +244,11 @@ def write_tracker(root: str, iteration: int) -> None:
     os.replace(tmp, os.path.join(root, TRACKER))
 
 
-def commit(root: str, iteration: int, overwrite: bool = False, flag: str = "--overwrite") -> str:
-    """Move the filled iter_XXXXXXX.tmp into place crash-safely and update the tracker."""
+def commit(root: str, iteration: int, overwrite: bool = False, flag: str = "--overwrite", tag: str = "") -> str:
+    """Move the filled iter_XXXXXXX.tmp[-tag] into place crash-safely and update the tracker."""
     check_not_behind(root, iteration, overwrite, flag)
     final = iter_dir(root, iteration)
-    tmp, aside = final + TMP_SUFFIX, final + ASIDE_SUFFIX
+    tmp, aside = tmp_dir(root, iteration, tag), final + ASIDE_SUFFIX
     if os.path.isdir(final):
         shutil.rmtree(aside, ignore_errors=True)
         _rename(final, aside)

@@ -130,23 +130,41 @@ def config_to_hf(model_type: str, cfg: ModelConfig, dtype: torch.dtype, special:
             **special}
 
 
+def read_json(path: str) -> dict:
+    """A JSON file of an HF folder; ConversionError naming it when it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e}); the file is truncated or corrupt") from e
+
+
+def _load_weights(path: str) -> dict:
+    """One weights file (.safetensors or a torch pickle); ConversionError naming it when unreadable."""
+    from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # SafetensorError, UnpicklingError, RuntimeError of a truncated zip, ...
+        kind = "safetensors" if path.endswith(".safetensors") else "torch"
+        raise ConversionError(f"{path}: cannot read this {kind} weights file ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); the file is "
+                              "truncated or corrupt: copy it again") from e
+
+
 def _read_tensors(path: str) -> dict:
     """Every tensor of an HF folder: model.safetensors, a sharded index, or pytorch_model.bin."""
-    from safetensors.torch import load_file
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if os.path.isfile(os.path.join(path, index)):
-            with open(os.path.join(path, index)) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            files = sorted(set(read_json(os.path.join(path, index))["weight_map"].values()))
             out = {}
             for name in files:
-                full = os.path.join(path, name)
-                out.update(load_file(full) if name.endswith(".safetensors")
-                           else torch.load(full, map_location="cpu", weights_only=True))
+                out.update(_load_weights(os.path.join(path, name)))
             return out
-    if os.path.isfile(os.path.join(path, "model.safetensors")):
-        return load_file(os.path.join(path, "model.safetensors"))
-    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-        return torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, name)):
+            return _load_weights(os.path.join(path, name))
     raise ConversionError(f"{path}: no model.safetensors, pytorch_model.bin or sharded index found "
                           "(expected a local Hugging Face model folder)")
 
@@ -156,8 +174,7 @@ def read_hf(path: str, model_type: str, make_vocab_size_divisible_by: int = 128)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise ConversionError(f"{path}: no config.json (expected a local Hugging Face model folder)")
-    with open(config_path) as f:
-        cfg = config_from_hf(model_type, json.load(f), make_vocab_size_divisible_by)
+    cfg = config_from_hf(model_type, read_json(config_path), make_vocab_size_divisible_by)
     tensors = _read_tensors(path)
     if model_type == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         # saved from GPT2Model (e.g. openai-community/gpt2): no "transformer." prefix
@@ -172,8 +189,7 @@ def special_tokens(path: str) -> dict:
     for name in ("config.json", "generation_config.json"):
         file = os.path.join(path, name)
         if os.path.isfile(file):
-            with open(file) as f:
-                c = json.load(f)
+            c = read_json(file)
             out.update({k: c[k] for k in ("bos_token_id", "eos_token_id") if isinstance(c.get(k), (int, list))})
     return out
 
@@ -188,7 +204,7 @@ def write_hf(path: str, model_type: str, full: dict, cfg: ModelConfig, special: 
     config = config_to_hf(model_type, cfg, dtype, special)
     if os.path.isdir(path) and os.listdir(path):
         raise ConversionError(f"{path} exists and is not empty; choose a new --save-dir")
-    tmp = path.rstrip("/") + ".tmp"
+    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:

@@ -20,9 +20,10 @@ import torch
 
 from megaclap.checkpoint.keymaps import VOCAB_PARAMS, ConversionError, pad_vocab, unpad_vocab
 from megaclap.config import MegaclapConfig, ModelConfig, ParallelConfig
+from megaclap.config.parallel import layer_ranges
+from megaclap.locks import lock_dir
 from megaclap.model.gpt import GPTStage
 from megaclap.model.init import shard
-from megaclap.model.stages import layer_ranges
 from megaclap.parallel.state import GroupInfo
 from megaclap.checkpoint import format as fmt
 from megaclap.checkpoint.format import (MODEL_FILE, TRACKER, CheckpointError, iter_dir, rank_dir,  # noqa: F401
@@ -197,9 +198,21 @@ def save_checkpoint(root: str, full: dict, cfg: ModelConfig, tp: int, pp: int, i
     check_full(full, cfg)
     check_layout(cfg, tp, pp)
     fmt.check_not_behind(root, iteration, overwrite, overwrite_flag)
-    ranges = layer_ranges(cfg.num_layers, pp)
     created = not os.path.isdir(root)
-    tmp = fmt.prepare(root, iteration)
+    lock = lock_dir(root, f"--save-dir {root}")  # one writer at a time (a training run holds it too)
+    try:
+        return _write_shards(root, full, cfg, tp, pp, iteration, args, extra, side_files, overwrite, overwrite_flag)
+    finally:
+        lock.release()
+        if created and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+
+
+def _write_shards(root, full, cfg, tp, pp, iteration, args, extra, side_files, overwrite, overwrite_flag) -> str:
+    """save_checkpoint's writing, under its lock: fill iter_N.tmp-<pid>, then commit."""
+    ranges = layer_ranges(cfg.num_layers, pp)
+    tag = str(os.getpid())
+    tmp = fmt.prepare(root, iteration, tag)
     try:
         for p, (start, end) in enumerate(ranges):
             for t in range(tp):
@@ -215,7 +228,5 @@ def save_checkpoint(root: str, full: dict, cfg: ModelConfig, tp: int, pp: int, i
                     fmt.save_file(obj, os.path.join(sub, name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if created and not os.listdir(root):
-            os.rmdir(root)
         raise
-    return fmt.commit(root, iteration, overwrite, overwrite_flag)
+    return fmt.commit(root, iteration, overwrite, overwrite_flag, tag=tag)

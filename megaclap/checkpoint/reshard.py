@@ -19,7 +19,7 @@ import torch
 from megaclap.checkpoint import io
 from megaclap.checkpoint.keymaps import VOCAB_PARAMS, pad_vocab, unpad_vocab
 from megaclap.model.init import shard
-from megaclap.model.stages import layer_ranges
+from megaclap.config.parallel import layer_ranges
 from megaclap.checkpoint.format import iter_dir, optimizer_group_names, rank_dir
 
 KEPT = ("opt_param_scheduler", "loss_scaler", "counters", "checkpoint_version", "consumed_samples")

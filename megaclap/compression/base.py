@@ -27,10 +27,6 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed % (1 << 63))
-
-
 class Codec:
     """Base class: `spec` is the string it was parsed from."""
 

@@ -13,10 +13,12 @@ boundary. x is what the stage sends, C the codec, m a reference held identically
     clapping-fu  fresh: x raw, m <- x; else as ef21    m               m per slot
     clapping-fc  fresh: m <- 0 (or kept); as ef21      m               m per slot
 
-Clapping's fresh-step codec F (`fresh_codec`, --clapping-fresh-codec): on a fresh step both
-Clapping methods send F(x) against a zero reference (m <- F(x)) and reuse steps send deltas
-with C. F = identity is clapping-fu, F = C is clapping-fc (zero init); None keeps each method's
-own rule (fu: identity, fc: C).
+clapping-fc's reference on a fresh batch (`fc_init`, --clapping-fc-init): `zero` and `previous`
+are the paper's rules; `fresh-codec` is this project's extension, Clapping's fresh-step codec F
+(`fresh_codec`, --clapping-fresh-codec): on a fresh step both Clapping methods send F(x) against
+a zero reference (m <- F(x)) and reuse steps send deltas with C. F = identity is clapping-fu,
+F = C is clapping-fc (zero init); None keeps each method's own rule (fu: identity, fc: C). A fresh
+codec with fc_init `zero` means the same as `fresh-codec` (the spelling before the option).
 
 How both ends stay bit-identical without sending m: the sender builds the payload
 (`_encode`), then runs exactly the receiver's update (`_advance`) on its own payload bytes.
@@ -31,60 +33,16 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclap.config.compression import validate_compression
+
 from .codecs import Codec, _as_dtype, _bytes, parse_codec
+from .shared_random import step_seed
 from .store import AqsgdStore
 
-METHODS = ("none", "direct", "ef", "ef21", "aqsgd", "clapping-fc", "clapping-fu")
-FC_INITS = ("zero", "previous")
 _REFERENCE = ("ef21", "clapping-fc", "clapping-fu")  # a dense m per slot
 _DIRECTIONS = {"fwd": 0, "bwd": 1}
-_MASK64 = (1 << 64) - 1
 
-__all__ = ["METHODS", "FC_INITS", "AqsgdStore", "Channel", "ChannelStats", "default_bwd_method",
-           "step_seed", "validate_compression"]
-
-
-def default_bwd_method(fwd_method: str) -> str:
-    """Backward method when none is given: AQ-SGD's original backward is `direct`."""
-    return "direct" if fwd_method == "aqsgd" else fwd_method
-
-
-def validate_compression(method: str, bwd_method=None, fwd_codec: str = "identity",
-                         bwd_codec: str = "identity", fc_init: str = "zero", fresh_codec=None) -> None:
-    """Raise ValueError (one line, naming the flag) for an invalid compression setting."""
-    allowed = ", ".join(METHODS)
-    if method not in METHODS:
-        raise ValueError(f"--pp-compression-method {method!r} is unknown (allowed: {allowed})")
-    if bwd_method is not None and bwd_method not in METHODS:
-        raise ValueError(f"--pp-bwd-compression-method {bwd_method!r} is unknown (allowed: {allowed})")
-    if fc_init not in FC_INITS:
-        raise ValueError(f"--clapping-fc-init {fc_init!r} is unknown (allowed: {', '.join(FC_INITS)})")
-    bwd = default_bwd_method(method) if bwd_method is None else bwd_method
-    for meth, spec, flag, mflag in ((method, fwd_codec, "--pp-fwd-codec", "--pp-compression-method"),
-                                    (bwd, bwd_codec, "--pp-bwd-codec", "--pp-bwd-compression-method")):
-        codec = parse_codec(spec, flag)
-        if meth == "none" and codec.spec != "identity":
-            raise ValueError(f"{flag} {spec!r} has no effect with {mflag} none; "
-                             f"pick a method such as direct or clapping-fu, or use {flag} identity")
-    if fresh_codec is not None:
-        parse_codec(fresh_codec, "--clapping-fresh-codec")
-        if not {method, bwd} & {"clapping-fu", "clapping-fc"}:
-            raise ValueError("--clapping-fresh-codec needs --pp-compression-method (or "
-                             "--pp-bwd-compression-method) clapping-fu or clapping-fc")
-        if "clapping-fc" in (method, bwd) and fc_init != "zero":
-            raise ValueError("--clapping-fresh-codec sends fresh steps against a zero reference: "
-                             "it needs --clapping-fc-init zero")
-
-
-def step_seed(seed: int, step: int, boundary: int, direction: str, slot: int) -> int:
-    """Codec seed for one send, derived alike on both ends (splitmix64 of the five fields)."""
-    z = 0
-    for v in (seed, step, boundary, _DIRECTIONS[direction], slot):
-        z = (z ^ (v & _MASK64)) * 0x9E3779B97F4A7C15 & _MASK64
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
-        z ^= z >> 31
-    return z >> 1  # 63 bits, valid for torch.Generator.manual_seed
+__all__ = ["AqsgdStore", "Channel", "ChannelStats", "step_seed"]
 
 
 @dataclass
@@ -145,7 +103,9 @@ class Channel:
     def __init__(self, method: str, codec, shape, dtype: torch.dtype, device, *, boundary: int,
                  direction: str, slot: int, fc_init: str = "zero", store: AqsgdStore = None,
                  seed: int = 0, batch_dim: int = 0, track_error: bool = True, fresh_codec=None):
-        validate_compression(method, fc_init=fc_init)
+        clapping = method in ("clapping-fu", "clapping-fc")
+        validate_compression(method, fc_init=fc_init,
+                             fresh_codec=getattr(fresh_codec, "spec", fresh_codec) if clapping else None)
         if direction not in _DIRECTIONS:
             raise ValueError(f"Channel direction must be 'fwd' or 'bwd', got {direction!r}")
         self.method, self.codec = method, parse_codec(codec) if isinstance(codec, str) else codec
@@ -160,17 +120,19 @@ class Channel:
         self.lossless = method == "none" or self.codec.is_lossless(dtype)
         if isinstance(fresh_codec, str):
             fresh_codec = parse_codec(fresh_codec, "--clapping-fresh-codec")
-        self.fresh_codec = fresh_codec if method in ("clapping-fu", "clapping-fc") else None
+        self.fresh_codec = fresh_codec if clapping else None
         # fresh steps that send x raw and set m <- x: clapping-fu's rule, or a lossless fresh codec
         self.fresh_raw = (method == "clapping-fu" if self.fresh_codec is None
                           else self.fresh_codec.is_lossless(dtype))
         self.raw_nbytes = _numel(self.shape) * _itemsize(dtype)
         self.m = None  # reference, [*shape] (ef21 / clapping-*)
         self.e = None  # error-feedback residual, [*shape] (ef, sender only)
+        self.factors = {}  # codec spec -> last Q [D, r] of a warm-started lowrank codec (both ends)
         self.stats = ChannelStats()
         self._buffer = None
-        self._saved = None  # (m, e) as of the last commit(), while this step changed them
+        self._saved = None  # (m, e, factors) as of the last commit(), while this step changes them
         self.undo = True    # P2P turns it off when no step can be rolled back (no fp16)
+        self._finite = None  # 0-dim fp32: 0 while every checked value was finite, else NaN
 
     # ---------------------------------------------------------------- sizes and buffers
     def payload_nbytes(self, *, fresh: bool, sample_ids=None) -> int:
@@ -208,11 +170,14 @@ class Channel:
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
         payload = self._encode(x, seed, fresh, sample_ids)
         if self.method == "direct" and not measure:
+            self._keep_factor(self.codec, payload, self.shape)
             self.stats.record(self.raw_nbytes, payload.numel() * payload.element_size(), None)
+            self._check(x)
             return payload
         x_hat = self._advance(payload, seed, fresh, sample_ids)
         if self.method == "ef" and not self.lossless:
             self.e = (x if self.e is None else x + self.e) - x_hat
+        self._check(x, None if self.lossless else x_hat, self.e)
         err = 0.0 if measure else None
         if measure and self.track_error and not self.lossless:
             diff = torch.linalg.vector_norm(x_hat.float() - x.float())
@@ -230,12 +195,15 @@ class Channel:
                              f"bytes, expected {expect}")
         self._begin(fresh)
         seed = step_seed(self.seed, step, self.boundary, self.direction, self.slot)
-        return self._advance(payload, seed, fresh, sample_ids)
+        x_hat = self._advance(payload, seed, fresh, sample_ids)
+        self._check(x_hat)
+        return x_hat
 
     @property
     def ref_memory_bytes(self) -> int:
         """Bytes of state this endpoint holds (m or e; the AQ-SGD store is counted on slot 0)."""
-        own = sum(t.numel() * t.element_size() for t in (self.m, self.e) if t is not None)
+        own = sum(t.numel() * t.element_size() for t in (self.m, self.e, *self.factors.values())
+                  if t is not None)
         return own + (self.store.nbytes if self.method == "aqsgd" and self.slot == 0 else 0)
 
     # ---------------------------------------------------------------- the shared state machine
@@ -261,12 +229,12 @@ class Channel:
         if self.lossless or (self.fresh_raw and fresh):
             return _bytes(x)
         if self.method == "direct":
-            return self.codec.encode(x, seed)
+            return self._codec_encode(self.codec, x, seed)
         if self.method == "ef":
-            return self.codec.encode(x if self.e is None else x + self.e, seed)
+            return self._codec_encode(self.codec, x if self.e is None else x + self.e, seed)
         if self.method == "aqsgd":
             return self._encode_aqsgd(x, seed, sample_ids)
-        return self._step_codec(fresh).encode(x - self._ref(), seed)  # ef21, clapping-fc, clapping-fu
+        return self._codec_encode(self._step_codec(fresh), x - self._ref(), seed)  # ef21, clapping-*
 
     def _advance(self, payload: torch.Tensor, seed: int, fresh: bool, sample_ids) -> torch.Tensor:
         """Both ends: decode the payload, update the reference, return what the receiver uses."""
@@ -279,11 +247,27 @@ class Channel:
             if self.method in _REFERENCE:
                 self.m = x_hat
             return x_hat.detach()
-        c = self._step_codec(fresh).decode(payload, self.shape, self.dtype, seed)
+        c = self._codec_decode(self._step_codec(fresh), payload, self.shape, seed)
         if self.method in ("direct", "ef"):
             return c
         self.m = c if self.m is None else self.m + c  # out of place: returned tensors never change
         return self.m.detach()
+
+    def _codec_encode(self, codec, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """codec.encode, warm-started from this channel's last factor for `lowrank:R:warm`."""
+        if getattr(codec, "warm", False):
+            return codec.encode(x, seed, start=self.factors.get(codec.spec))
+        return codec.encode(x, seed)
+
+    def _codec_decode(self, codec, payload: torch.Tensor, shape, seed: int) -> torch.Tensor:
+        self._keep_factor(codec, payload, shape)
+        return codec.decode(payload, shape, self.dtype, seed)
+
+    def _keep_factor(self, codec, payload: torch.Tensor, shape) -> None:
+        """Both ends: a warm lowrank payload's Q becomes the next start (a new dict: the copy
+        kept for rollback stays as it was)."""
+        if getattr(codec, "warm", False):
+            self.factors = {**self.factors, codec.spec: codec.factors(payload, shape, self.dtype)[1]}
 
     # ---------------------------------------------------------------- aqsgd
     def _split_rows(self, sample_ids):
@@ -302,7 +286,8 @@ class Channel:
         if new.any():
             parts.append(_bytes(xb[new.to(x.device)]))
         if (~new).any():
-            parts.append(self.codec.encode(xb[(~new).to(x.device)] - self.store.read(rows[~new]), seed))
+            delta = xb[(~new).to(x.device)] - self.store.read(rows[~new])
+            parts.append(self._codec_encode(self.codec, delta, seed))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _advance_aqsgd(self, payload: torch.Tensor, seed: int, sample_ids) -> torch.Tensor:
@@ -319,34 +304,56 @@ class Channel:
                 out[new.to(self.device)] = raw
             if old.any():
                 shape = (len(ids) - n_new, *self.row_shape)
-                c = self.codec.decode(payload[cut:], shape, self.dtype, seed)
+                c = self._codec_decode(self.codec, payload[cut:], shape, seed)
                 out[old.to(self.device)] = self.store.read(rows[old]) + c
         self.store.write(self.store.insert(ids), out)
         return out.movedim(0, self.batch_dim)
 
+    # ---------------------------------------------------------------- finiteness of the step
+    def _check(self, *tensors) -> None:
+        """Fold tensors this endpoint sent, received or keeps into its finite check, on the device
+        (no host read): sum * 0 is 0 for finite values, NaN once any is inf or NaN. The fp32 sum
+        of fp16/bf16 values cannot overflow. `none` checks nothing: its values reach the gradients."""
+        if self.method == "none":
+            return
+        for t in tensors:
+            if t is not None:
+                flag = t.sum(dtype=torch.float32).mul_(0.0)
+                self._finite = flag if self._finite is None else self._finite.add_(flag)
+
+    def take_finite_check(self):
+        """This endpoint's check since the last call (0-dim fp32 device tensor: 0 if every value
+        it sent, received or now keeps was finite, else NaN), or None if nothing was checked.
+        The trainer folds it into the step's skip decision, so a non-finite reference or
+        residual is never committed."""
+        flag, self._finite = self._finite, None
+        return flag
+
     # ---------------------------------------------------------------- step commit / rollback
     def _remember(self) -> None:
-        """Keep the committed (m, e) before this step's first change. m and e are always
-        replaced, never updated in place, so keeping the old tensors is the whole snapshot."""
+        """Keep the committed (m, e, factors) before this step's first change. They are always
+        replaced, never updated in place, so keeping the old objects is the whole snapshot."""
         if self.undo and self._saved is None:
-            self._saved = (self.m, self.e)
+            self._saved = (self.m, self.e, self.factors)
 
     def commit(self) -> None:
         """The step's changes stand (the optimizer stepped). The AQ-SGD store commits separately."""
         self._saved = None
 
     def rollback(self) -> None:
-        """Undo every change to m and e since the last commit() (the optimizer skipped the step,
-        e.g. on an fp16 overflow). Both ends call it on the same steps, so they stay identical."""
+        """Undo every change to m, e and factors since the last commit() (the optimizer skipped
+        the step, e.g. on an fp16 overflow). Both ends call it on the same steps: they stay equal."""
         if self._saved is not None:
-            self.m, self.e = self._saved
+            self.m, self.e, self.factors = self._saved
             self._saved = None
             self.stats.ref_memory_bytes = self.ref_memory_bytes
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        """References and residuals (the AQ-SGD store is saved through its own state_dict)."""
-        return {"method": self.method, "codec": self.codec.spec, "m": self.m, "e": self.e}
+        """References, residuals and warm lowrank factors (the AQ-SGD store is saved through
+        its own state_dict)."""
+        return {"method": self.method, "codec": self.codec.spec, "m": self.m, "e": self.e,
+                "factors": dict(self.factors)}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["method"] != self.method:
@@ -354,6 +361,7 @@ class Channel:
                              f"this run uses {self.method!r} (--pp-compression-method)")
         self.m = None if sd["m"] is None else sd["m"].to(self.device, self.dtype).clone()
         self.e = None if sd["e"] is None else sd["e"].to(self.device, self.dtype).clone()
+        self.factors = {k: v.to(self.device).clone() for k, v in sd.get("factors", {}).items()}
         self._saved = None
 
     def _name(self) -> str:

@@ -1,41 +1,42 @@
-"""Codecs: a tensor <-> ONE contiguous uint8 payload.
+"""Codecs: a tensor <-> ONE contiguous uint8 payload; parse_codec builds one from its spec.
 
 A payload's size is a pure function of (shape, dtype, codec), so a receiver can preallocate
-it without a size handshake. Every codec is stateless; the randomised ones (randk, quant with
-stochastic rounding) take a per-call integer seed that sender and receiver derive alike.
+it without a size handshake. Every codec is stateless; the randomised ones take a per-call
+integer seed that sender and receiver derive alike (shared_random.step_seed), and draw from
+the counter-based hash of megaclap/compression/shared_random.py, never from a device RNG, so
+both ends and every device draw the same values.
 
 Payload layouts (n = numel, D = shape[-1], s = itemsize of the tensor's dtype):
 
     identity      x as raw bytes                                   n * s
     cast:T        x.to(T) as raw bytes                             n * 2
-    topk:R        values [k] (dtype) | in-chunk indices [k] (u16)  k * (s + 2)
-                  k = sum over 65536-element chunks of ceil(R * chunk_len)
-    randk:R[:scale]  values [k] (dtype); indices from the seed     k * s,  k = ceil(R * n)
-                  (one position per stratum of n / k elements, in ascending order)
     quant:B[:sr]  per-channel scales [D] (fp32) | codes bit-packed 4 * D + ceil(n * B / 8)
+    topk, randk   megaclap/compression/sparse.py (optionally with quantised values, `:qB`)
+    hquant        megaclap/compression/hquant.py
+    lowrank       megaclap/compression/lowrank.py
 
 Parts are concatenated in the order shown; each part starts at an offset that is a multiple
 of its element size when the payload itself starts aligned (a caller that embeds a payload at
 an odd offset still decodes correctly: unaligned parts are copied before being re-viewed).
-Byte order is the platform's (little-endian on every supported CPU and GPU).
+Byte order is the platform's (little-endian on every supported CPU and GPU); bit-packed codes
+follow megaclap/compression/bitpack.py.
 """
 
 import math
 
 import torch
 
-from .base import Codec, _as_dtype, _bytes, _generator, _numel
-from .hquant import parse_hquant
+from megaclap.config.codec_spec import parse_codec_spec
 
-CHUNK = 65536
-CODEC_HELP = ("identity, cast:bf16, cast:fp16, topk:R, randk:R[:scale], quant:B[:sr] (0<R<=1, B in 2,4,8), "
-              "hquant:B[:block][:sr] (B in 2,3,4,8; megaclap/compression/hquant.py)")
+from .base import Codec, _as_dtype, _bytes, _numel
+from .bitpack import pack_bits, unpack_bits
+from .hquant import HQuantCodec
+from .lowrank import LowRankCodec
+from .shared_random import ROUNDING, chunk_size, rounding_chunks, stream_key
+from .sparse import CHUNK, RandKCodec, TopKCodec
+
+__all__ = ["CHUNK", "Codec", "parse_codec"]
 _CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _ceil_frac(ratio: float, n: int) -> int:
-    """ceil(ratio * n), robust to float noise such as 0.1 * 30 = 3.0000000000000004."""
-    return min(n, math.ceil(round(ratio * n, 9)))
 
 
 class IdentityCodec(Codec):
@@ -71,133 +72,27 @@ class CastCodec(Codec):
         return dtype == self.target
 
 
-class TopKCodec(Codec):
-    """Per 65536-element chunk of the flattened tensor, keep the ceil(R * len) largest |x|."""
-
-    def __init__(self, ratio: float, spec: str):
-        self.spec, self.ratio = spec, ratio
-
-    def _split(self, n: int):
-        """(full chunks, k per full chunk, remainder length, k of the remainder chunk)."""
-        full, rem = divmod(n, CHUNK)
-        return full, _ceil_frac(self.ratio, CHUNK), rem, _ceil_frac(self.ratio, rem)
-
-    def num_kept(self, n: int) -> int:
-        full, kf, _, kr = self._split(n)
-        return full * kf + kr
-
-    def payload_nbytes(self, shape, dtype):
-        size = torch.empty((), dtype=dtype).element_size()
-        return self.num_kept(_numel(shape)) * (size + 2)
-
-    def encode(self, x, seed=0):
-        flat = x.reshape(-1)  # [n]
-        full, kf, rem, kr = self._split(flat.numel())
-        values, indices = [], []
-        if full:
-            body = flat[: full * CHUNK].view(full, CHUNK)  # [full, CHUNK]
-            idx = body.abs().topk(kf, dim=1, sorted=False).indices  # [full, kf]
-            values.append(body.gather(1, idx).reshape(-1))
-            indices.append(idx.reshape(-1))
-        if rem:
-            tail = flat[full * CHUNK:]  # [rem]
-            idx = tail.abs().topk(kr, sorted=False).indices  # [kr]
-            values.append(tail[idx])
-            indices.append(idx)
-        # in-chunk indices < 65536 stored as 16-bit (int16 wraps; decode masks back to u16)
-        idx16 = torch.cat(indices).to(torch.int16)
-        return torch.cat([_bytes(torch.cat(values)), _bytes(idx16)])
-
-    def decode(self, payload, shape, dtype, seed=0):
-        n = _numel(shape)
-        full, kf, rem, kr = self._split(n)
-        k = full * kf + kr
-        nval = k * torch.empty((), dtype=dtype).element_size()
-        values = _as_dtype(payload[:nval], dtype)  # [k]
-        idx = _as_dtype(payload[nval:], torch.int16).to(torch.int64) & 0xFFFF  # [k]
-        chunk = (torch.arange(k, device=payload.device) // kf).clamp_(max=full)  # [k]
-        idx = idx + chunk * CHUNK
-        out = torch.zeros(n, dtype=dtype, device=payload.device)
-        out[idx] = values  # indices are unique, so this is deterministic
-        return out.reshape(shape)
-
-
-class RandKCodec(Codec):
-    """k = ceil(R * n) positions drawn from the shared seed; only the values travel.
-
-    Stratified draw: the flattened tensor is cut into k strata (stratum j covers
-    [floor(j n / k), floor((j+1) n / k)), 1/R elements each up to rounding) and one position is
-    drawn uniformly in each, from k uniform numbers: O(k) work, positions distinct by
-    construction, every element kept with probability 1/len(its stratum) ~ R. `:scale` multiplies
-    each value by its stratum's length (unbiased)."""
-
-    def __init__(self, ratio: float, scale: bool, spec: str):
-        self.spec, self.ratio, self.scale = spec, ratio, scale
-        self._memo = (None, None)  # last (key, (indices, stratum lengths)): the sender decodes right after encoding
-        self._strata: dict = {}    # (n, device) -> (starts, lengths, lengths as float64): fixed per run
-
-    def strata(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first position, length) of each of the k strata, int64 [k]."""
-        return self._strata_f64(n, torch.device(device))[:2]
-
-    def _strata_f64(self, n: int, device: torch.device):
-        if (n, device) not in self._strata:
-            k = _ceil_frac(self.ratio, n)
-            bounds = torch.arange(k + 1, dtype=torch.int64, device=device) * n // k  # [k + 1]
-            lengths = bounds[1:] - bounds[:-1]
-            self._strata[(n, device)] = (bounds[:-1], lengths, lengths.double())
-        return self._strata[(n, device)]
-
-    def _draw(self, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        device = torch.device(device)
-        key = (n, seed, device)
-        if self._memo[0] != key:
-            starts, lengths, lengths_f = self._strata_f64(n, device)
-            u = torch.rand(starts.numel(), generator=_generator(device, seed), device=device, dtype=torch.float64)
-            self._memo = (key, (u.mul_(lengths_f).long().add_(starts), lengths))  # u < 1: inside the stratum
-        return self._memo[1]
-
-    def indices(self, n: int, seed: int, device) -> torch.Tensor:
-        """The k positions for this seed, ascending: identical on sender and receiver (same device type)."""
-        return self._draw(n, seed, device)[0]
-
-    def payload_nbytes(self, shape, dtype):
-        n = _numel(shape)
-        return _ceil_frac(self.ratio, n) * torch.empty((), dtype=dtype).element_size()
-
-    def encode(self, x, seed=0):
-        flat = x.reshape(-1)
-        return _bytes(flat[self.indices(flat.numel(), seed, x.device)])
-
-    def decode(self, payload, shape, dtype, seed=0):
-        n = _numel(shape)
-        idx, lengths = self._draw(n, seed, payload.device)
-        values = _as_dtype(payload, dtype)
-        if self.scale:
-            values = (values.float() * lengths).to(dtype)
-        out = torch.zeros(n, dtype=dtype, device=payload.device)
-        out.index_copy_(0, idx, values)
-        return out.reshape(shape)
-
-
 class QuantCodec(Codec):
     """Symmetric B-bit quantisation with one fp32 absmax scale per channel (last dim).
 
     Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
-    q + qmax in B bits, 8 // B codes per byte, lowest bits first. Encode: absmax by two
-    read-only reductions, one scale-and-round pass into a reused fp32 work tensor, then
-    1-byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
+    q + qmax in B bits (bitpack.py). Per element, in fp32: y = x * (qmax / scale) (one IEEE
+    multiply; 0 where the scale is 0), then q = round(y) (half to even) or, with `:sr`,
+    q = clamp(floor(y + u), -qmax, qmax), u the shared hash's rounding uniform of the element's
+    flat index (stream ROUNDING): unbiased, and the same payload on every device. Encode: absmax by
+    two read-only reductions, then chunk by chunk (in cache on CPU) scale, round and store the
+    byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
     """
 
     def __init__(self, bits: int, stochastic: bool, spec: str):
         self.spec, self.bits, self.stochastic = spec, bits, stochastic
         self.qmax = 2 ** (bits - 1) - 1
-        self._scratch: dict = {}  # (shape, device, role) -> fp32 work tensor, reused across calls
+        self._scratch: dict = {}  # (shape, device, role) -> work tensor, reused across calls
 
-    def _work(self, shape, device, role: str) -> torch.Tensor:
+    def _work(self, shape, device, role: str, dtype=torch.float32) -> torch.Tensor:
         key = (tuple(shape), device, role)
         if key not in self._scratch:
-            self._scratch[key] = torch.empty(shape, dtype=torch.float32, device=device)
+            self._scratch[key] = torch.empty(shape, dtype=dtype, device=device)
         return self._scratch[key]
 
     @staticmethod
@@ -208,85 +103,63 @@ class QuantCodec(Codec):
         return 4 * self._channels(shape) + math.ceil(_numel(shape) * self.bits / 8)
 
     def encode(self, x, seed=0):
-        d = self._channels(x.shape)
+        d, n = self._channels(x.shape), x.numel()
         xs = x.reshape(-1, d)  # [rows, D]
         # [D] absmax from two read-only reductions (no |x| temporary; aminmax is slower on CPU)
         scale = torch.maximum(xs.amax(dim=0), xs.amin(dim=0).neg()).float().abs_()
         inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
-        y = torch.mul(xs, inv, out=self._work(xs.shape, x.device, "y"))  # [rows, D] fp32, the one write pass
-        if self.stochastic:
-            noise = torch.rand(y.shape, generator=_generator(x.device, seed), device=x.device,
-                               out=self._work(xs.shape, x.device, "noise"))
-            y.add_(noise).floor_().clamp_(-self.qmax, self.qmax)
-        else:
-            y.round_()  # |y| <= qmax already: absmax scaling
         payload = torch.empty(self.payload_nbytes(x.shape, x.dtype), dtype=torch.uint8, device=x.device)
         payload[: 4 * d] = _bytes(scale)
         if self.bits == 8:  # the codes are the payload's bytes
-            payload[4 * d:].view(torch.int8).copy_(y.reshape(-1))
-            payload[4 * d:].add_(self.qmax)  # q + qmax, wrapping in uint8
+            self._codes(xs, inv, seed, payload[4 * d:])
         else:
-            self._pack(y.reshape(-1).to(torch.int8).view(torch.uint8).add_(self.qmax), payload[4 * d:])
+            codes = self._codes(xs, inv, seed, self._work((n,), x.device, "codes", torch.uint8))
+            pack_bits(codes, self.bits, out=payload[4 * d:])
         return payload
+
+    def _codes(self, xs: torch.Tensor, inv: torch.Tensor, seed: int, codes: torch.Tensor):
+        """codes [n] uint8 <- q + qmax for xs [rows, D]. Round to nearest: one pass into a
+        reused fp32 work tensor. `:sr`: chunk by chunk of the flat tensor, so the fp32 work
+        and the hash's uniforms stay in cache on CPU."""
+        if not self.stochastic:
+            y = torch.mul(xs, inv, out=self._work(xs.shape, xs.device, "y"))  # [rows, D] fp32
+            codes.view(torch.int8).copy_(y.round_().view(-1))  # |y| <= qmax: absmax scaling
+            return codes.add_(self.qmax)  # q + qmax, wrapping in uint8
+        flat, n, d, step = xs.view(-1), xs.numel(), inv.numel(), chunk_size(xs.device)
+        inv_rows = inv.repeat(-(-(min(n, step) + d) // d))  # [>= step + d]: inv_rows[i] = inv[i % d]
+        work = self._work((min(n, step),), xs.device, "chunk")
+        for start, v in rounding_chunks(n, stream_key(seed, ROUNDING), xs.device):
+            m, col = v.numel(), start % d
+            y = torch.mul(flat[start:start + m], inv_rows[col:col + m], out=work[:m])
+            y.add_(v, alpha=2.0 ** -16).floor_().clamp_(-self.qmax, self.qmax)  # u exact
+            codes[start:start + m].view(torch.int8).copy_(y)
+        return codes.add_(self.qmax)
 
     def decode(self, payload, shape, dtype, seed=0):
         d, n = self._channels(shape), _numel(shape)
         scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
-        codes = self._unpack(payload[4 * d:], n)  # [n] uint8 (B=8: a view of the payload, left intact)
+        codes = unpack_bits(payload[4 * d:], self.bits, n)  # [n] uint8 (B=8: a view, left intact)
         q = (torch.sub(codes, self.qmax) if self.bits == 8 else codes.sub_(self.qmax)).view(torch.int8)
         out = torch.empty(shape, dtype=dtype, device=payload.device)
         torch.mul(q.view(-1, d), scale / self.qmax, out=out.view(-1, d))  # fp32 math, cast on store
         return out
 
-    def _pack(self, codes: torch.Tensor, out: torch.Tensor) -> None:
-        per = 8 // self.bits
-        if per == 1:
-            out.copy_(codes)
-            return
-        pad = (-codes.numel()) % per
-        if pad:
-            codes = torch.cat([codes, codes.new_zeros(pad)])
-        cols = codes.view(-1, per)  # [nbytes, per]
-        out.copy_(cols[:, 0])
-        for j in range(1, per):  # at most 4 bit positions, each a vectorised op on bytes
-            out |= cols[:, j] << (self.bits * j)
-
-    def _unpack(self, packed: torch.Tensor, n: int) -> torch.Tensor:
-        per, mask = 8 // self.bits, (1 << self.bits) - 1
-        if per == 1:
-            return packed[:n]
-        cols = torch.empty(packed.numel(), per, dtype=torch.uint8, device=packed.device)  # [nbytes, per]
-        for j in range(per):
-            torch.bitwise_right_shift(packed, self.bits * j, out=cols[:, j])
-        return cols.bitwise_and_(mask).view(-1)[:n]  # [n] uint8, a fresh tensor
-
-
-def _parse_ratio(text: str, spec: str, flag: str) -> float:
-    try:
-        ratio = float(text)
-    except ValueError:
-        ratio = float("nan")
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"{flag} {spec!r}: the ratio R must satisfy 0 < R <= 1 (allowed: {CODEC_HELP})")
-    return ratio
-
 
 def parse_codec(spec: str, flag: str = "--pp-fwd-codec/--pp-bwd-codec") -> Codec:
-    """Parse a codec spec string; raise ValueError naming `flag` and the allowed values."""
-    parts = str(spec).strip().lower().split(":")
-    name, args = parts[0], parts[1:]
-    if name == "identity" and not args:
+    """Build the codec a spec string names; raise ValueError (one line) naming `flag` and the
+    allowed values (the grammar is megaclap/config/codec_spec.py)."""
+    parsed = parse_codec_spec(spec, flag)
+    name, text = parsed.name, str(spec).strip().lower()
+    if name == "identity":
         return IdentityCodec()
-    if name == "cast" and len(args) == 1 and args[0] in _CASTS:
-        return CastCodec(args[0])
-    if name == "topk" and len(args) == 1:
-        return TopKCodec(_parse_ratio(args[0], spec, flag), spec)
-    if name == "randk" and len(args) in (1, 2) and args[1:] in ([], ["scale"]):
-        return RandKCodec(_parse_ratio(args[0], spec, flag), len(args) == 2, spec)
-    if name == "quant" and len(args) in (1, 2) and args[1:] in ([], ["sr"]):
-        if args[0] not in ("2", "4", "8"):
-            raise ValueError(f"{flag} {spec!r}: quant bits B must be 2, 4 or 8 (allowed: {CODEC_HELP})")
-        return QuantCodec(int(args[0]), len(args) == 2, spec)
-    if name == "hquant":
-        return parse_hquant(spec, args, flag, CODEC_HELP)
-    raise ValueError(f"{flag} {spec!r}: unknown codec (allowed: {CODEC_HELP})")
+    if name == "cast":
+        return CastCodec(parsed.target)
+    if name == "topk":
+        return TopKCodec(parsed.ratio, text, parsed.bits or None)
+    if name == "randk":
+        return RandKCodec(parsed.ratio, parsed.scale, text, parsed.bits or None)
+    if name == "quant":
+        return QuantCodec(parsed.bits, parsed.stochastic, text)
+    if name == "lowrank":
+        return LowRankCodec(parsed.rank, parsed.warm, text)
+    return HQuantCodec(parsed.bits, parsed.block, parsed.stochastic, text)

@@ -1,92 +1,60 @@
 """hquant:B[:block][:sr] -- randomized-Hadamard-rotated B-bit quantisation (TAH-Quant's idea).
 
 Along the last (hidden) dim D, x is cut into blocks of `blk` elements; each block is multiplied
-by random signs and rotated by the orthonormal Hadamard matrix H (blk x blk). The rotation
-spreads an outlier over its whole block, so a per-token-per-block absmax scale wastes few
-levels on it. Then each rotated value is quantised to one of L + 1 = 2**B evenly spaced,
-zero-symmetric levels (mid-rise: (q - L/2) * delta, q in 0..L, delta = 2 * scale / L), with
-round-to-nearest or, with `:sr`, stochastic rounding (unbiased).
+by random signs and rotated by the orthonormal Hadamard matrix H = S / sqrt(blk), S the +-1
+Sylvester matrix (S[i][j] = (-1)^popcount(i & j)). The rotation spreads an outlier over its whole
+block, so a per-token-per-block scale wastes few levels on it. Each rotated value y is then
+quantised to one of L + 1 = 2**B evenly spaced, zero-symmetric levels (mid-rise: (q - L/2) *
+delta, q in 0..L, delta = 2 * scale / L), with round to nearest (half to even) or, with `:sr`,
+stochastic rounding (unbiased).
 
-    blk     = min(block, next power of two >= D)      block: default 64, a power of two
+    blk     = min(block, next power of two >= D)      block: default 64, a power of two <= 4096
     Dp      = ceil(D / blk) * blk                     (x is zero-padded to Dp; pad not sent)
     rows    = numel / D  (tokens),  nb = Dp / blk
-    payload = scales [rows, nb] (bf16) | codes bit-packed, lowest bits first
+    payload = scales [rows, nb] (bf16) | codes bit-packed (bitpack.py)
     nbytes  = 2 * rows * nb + ceil(rows * Dp * B / 8)
 
-B = 2, 4, 8 pack 8 // B codes per byte; B = 3 packs 8 codes into 3 bytes (the last group is
-truncated to ceil(n * 3 / 8) bytes). Scales are stored as bf16 rounded up from the absmax, and
-the encoder quantises with the stored (rounded) scale, so nothing is clipped.
+Scale: B >= 2 and every `:sr` stores the rotated block's absmax times (1 + 2^-7), rounded to
+bf16, and quantises with that stored scale, so nothing is clipped. B = 1 with round to nearest
+sends the sign of each rotated value and stores mean |y| of the block (bf16, nearest): the
+least-squares scale for fixed signs (1 + 16 / blk bits per element, 1.25 at block 64); with
+`:sr` it needs the absmax, and then E[decode] = y exactly.
 
-Error bound (round to nearest): |y_hat - y| <= delta / 2 for every rotated value, and the
-rotation is orthonormal, so ||x_hat - x||_2^2 <= sum over (token, block) of blk * (scale / L)^2.
+Error bound (round to nearest, B >= 2): |y_hat - y| <= delta / 2 for every rotated value, and
+the rotation is orthonormal, so ||x_hat - x||_2^2 <= sum over (token, block) of blk * (scale / L)^2.
 
-Signs come from the per-call seed that both ends derive (step, boundary, direction, slot;
-as for randk), on the tensor's device; the stochastic-rounding noise from a second generator
-seeded from the same value. Both are vectorised torch ops (CPU and CUDA alike).
+Shared randomness (shared_random.py), from the per-call seed both ends derive: the signs are
+the top bits of the hash of d in [0, Dp) (stream SIGNS); the `:sr` uniforms those of the flat
+index r * Dp + c of the padded [rows, Dp] layout (stream ROUNDING).
+
+Decode is exact arithmetic and so the same on every device: t = q - L/2 is a multiple of 1/2,
+t @ S sums at most blk of them (|sum| <= 4096 * 127.5 < 2^20, a multiple of 1/2: exact in
+fp32 in any order, also as TF32), then one fp32 multiply by f = scale * fp32(2 / (L * sqrt(blk))) (itself
+one multiply), the sign, one cast. Encode's rotation is an fp32 matmul, whose rounding is the
+BLAS's: on another device a value that falls within an ulp of a rounding boundary may get the
+neighbouring code (both ends still decode that payload identically).
 """
 
 import math
 
 import torch
 
-from .base import Codec, _as_dtype, _bytes, _generator
+from .base import Codec, _as_dtype, _bytes
+from .bitpack import pack_bits, unpack_bits
+from .shared_random import ROUNDING, SIGNS, signs, stochastic_floor_, stream_key
 
-HQUANT_BITS = (2, 3, 4, 8)
-DEFAULT_BLOCK = 64
-_NOISE_SALT = 0x5DEECE66D  # the rounding noise's generator: seed ^ salt, never the signs' seed
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def hadamard(n: int, device, dtype=torch.float32) -> torch.Tensor:
-    """Orthonormal Sylvester Hadamard matrix [n, n] (n a power of two); symmetric, H @ H = I."""
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return (h / math.sqrt(n)).to(device=device, dtype=dtype)
-
-
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [n] (each < 2**bits) -> ceil(n * bits / 8) bytes, lowest bits first."""
-    n = codes.numel()
-    nbytes = math.ceil(n * bits / 8)
-    group = 8 if bits == 3 else 8 // bits  # codes per packing unit (3 bytes for B = 3, else 1)
-    pad = (-n) % group
-    if pad:
-        codes = torch.cat([codes, codes.new_zeros(pad)])
-    if bits == 8:
-        return codes
-    if bits == 3:
-        cols = codes.view(-1, 8).to(torch.int32)  # [groups, 8]
-        word = cols[:, 0].clone()
-        for j in range(1, 8):
-            word |= cols[:, j] << (3 * j)
-        out = torch.stack([(word >> (8 * k)) & 0xFF for k in range(3)], dim=1).to(torch.uint8)
-        return out.reshape(-1)[:nbytes]
-    cols = codes.view(-1, group)  # [nbytes, per byte]
-    packed = cols[:, 0].clone()
-    for j in range(1, group):
-        packed |= cols[:, j] << (bits * j)
-    return packed
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of pack_bits: n uint8 codes."""
-    if bits == 8:
-        return packed[:n]
-    mask = (1 << bits) - 1
-    if bits == 3:
-        pad = (-packed.numel()) % 3
-        if pad:
-            packed = torch.cat([packed, packed.new_zeros(pad)])
-        b = packed.view(-1, 3).to(torch.int32)  # [groups, 3]
-        word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        cols = [(word >> (3 * j)) & mask for j in range(8)]
-        return torch.stack(cols, dim=1).reshape(-1)[:n].to(torch.uint8)
-    cols = [(packed >> (bits * j)) & mask for j in range(8 // bits)]
-    return torch.stack(cols, dim=1).reshape(-1)[:n]
+def sylvester(n: int, device) -> torch.Tensor:
+    """The +-1 Sylvester Hadamard matrix [n, n] (fp32; n a power of two); symmetric, S @ S = n I."""
+    s = torch.ones(1, 1)
+    while s.shape[0] < n:
+        s = torch.cat([torch.cat([s, s], 1), torch.cat([s, -s], 1)], 0)
+    return s.to(device)
 
 
 class HQuantCodec(Codec):
@@ -95,7 +63,8 @@ class HQuantCodec(Codec):
     def __init__(self, bits: int, block: int, stochastic: bool, spec: str):
         self.spec, self.bits, self.block, self.stochastic = spec, bits, block, stochastic
         self.levels = (1 << bits) - 1  # L: codes 0..L
-        self._h = {}  # (blk, device) -> Hadamard matrix
+        self.mean_scale = bits == 1 and not stochastic  # B = 1, round to nearest: mean |y|
+        self._s = {}  # (blk, device) -> Sylvester matrix
         self._memo = (None, None)  # (key, signs): the sender decodes right after encoding
 
     # ------------------------------------------------------------------ geometry
@@ -111,74 +80,52 @@ class HQuantCodec(Codec):
         return 2 * rows * (dp // blk) + math.ceil(rows * dp * self.bits / 8)
 
     def signs(self, dp: int, seed: int, device) -> torch.Tensor:
-        """Random +-1 [Dp] (fp32) for this seed: identical on both ends (same device type)."""
+        """Random +-1 [Dp] (fp32) for this seed: identical on both ends and every device."""
         device = torch.device(device)
         key = (dp, seed, device)
         if self._memo[0] != key:
-            bits = torch.randint(0, 2, (dp,), generator=_generator(device, seed), device=device)
-            self._memo = (key, bits.to(torch.float32).mul_(2).sub_(1))
+            self._memo = (key, signs(dp, stream_key(seed, SIGNS), device))
         return self._memo[1]
 
-    def _hadamard(self, blk: int, device) -> torch.Tensor:
+    def _sylvester(self, blk: int, device) -> torch.Tensor:
         key = (blk, torch.device(device))
-        if key not in self._h:
-            self._h[key] = hadamard(blk, device)
-        return self._h[key]
+        if key not in self._s:
+            self._s[key] = sylvester(blk, device)
+        return self._s[key]
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x, seed=0):
         rows, d, blk, dp = self.geometry(x.shape)
-        nb = dp // blk
+        nb, root = dp // blk, math.sqrt(blk)
         xf = x.reshape(rows, d).float()  # [rows, D]
         if dp != d:
             xf = torch.nn.functional.pad(xf, (0, dp - d))  # [rows, Dp]
-        # pass 1: signs and rotation, y = (x * s) @ H per block
-        y = (xf * self.signs(dp, seed, x.device)).view(rows * nb, blk) @ self._hadamard(blk, x.device)
-        # pass 2: per-(token, block) absmax, rounded up to bf16 (the stored scale), quantise
-        amax = y.abs().amax(dim=1, keepdim=True)  # [rows * nb, 1]
-        scale = (amax * (1 + 2 ** -7)).to(torch.bfloat16)
-        inv = self.levels / 2 / scale.float()
-        inv = torch.where(scale > 0, inv, torch.zeros_like(inv))
-        u = y.mul_(inv).add_(self.levels / 2)  # in [0, L]
-        if self.stochastic:
-            noise = torch.rand(u.shape, generator=_generator(x.device, seed ^ _NOISE_SALT), device=x.device)
-            u = u.add_(noise).floor_()
+        # pass 1: signs and rotation, z = (x * s) @ S per block (y = z / sqrt(blk))
+        z = (xf * self.signs(dp, seed, x.device)).view(rows * nb, blk)
+        z = z @ self._sylvester(blk, x.device)  # [rows * nb, blk]
+        # pass 2: per-(token, block) scale (bf16, the stored value), then quantise with it
+        if self.mean_scale:
+            scale = (z.abs().mean(dim=1, keepdim=True) / root).to(torch.bfloat16)  # [rows * nb, 1]
         else:
-            u = u.round_()
-        codes = u.clamp_(0, self.levels).to(torch.uint8).reshape(-1)
+            amax = z.abs().amax(dim=1, keepdim=True) / root  # [rows * nb, 1]
+            scale = (amax * (1 + 2 ** -7)).to(torch.bfloat16)
+        inv = self.levels / 2 / (scale.float() * root)
+        inv = torch.where(scale > 0, inv, torch.zeros_like(inv))
+        u = z.mul_(inv).add_(self.levels / 2)  # in [0, L] (B = 1 round to nearest: the sign)
+        if self.stochastic:
+            stochastic_floor_(u, stream_key(seed, ROUNDING), 0, self.levels)
+        else:
+            u = u.round_().clamp_(0, self.levels)
+        codes = u.to(torch.uint8).reshape(-1)
         return torch.cat([_bytes(scale), pack_bits(codes, self.bits)])
 
     def decode(self, payload, shape, dtype, seed=0):
         rows, d, blk, dp = self.geometry(shape)
         nb = dp // blk
         scale = _as_dtype(payload[: 2 * rows * nb], torch.bfloat16).float().view(rows * nb, 1)
-        q = unpack_bits(payload[2 * rows * nb:], self.bits, rows * dp).view(rows * nb, blk).float()
-        y = q.sub_(self.levels / 2).mul_(scale * (2 / self.levels))  # [rows * nb, blk]
-        x = (y @ self._hadamard(blk, payload.device)).view(rows, dp)
-        x = x.mul_(self.signs(dp, seed, payload.device))[:, :d]
+        q = unpack_bits(payload[2 * rows * nb:], self.bits, rows * dp).view(rows * nb, blk)
+        t = q.float().sub_(self.levels / 2)  # q - L/2: multiples of 1/2, |t| <= L/2
+        z = t @ self._sylvester(blk, payload.device)  # exact sums of halves
+        f = scale.mul_(float(torch.tensor(2 / (self.levels * math.sqrt(blk)), dtype=torch.float32)))
+        x = z.mul_(f).view(rows, dp).mul_(self.signs(dp, seed, payload.device))[:, :d]
         return x.to(dtype).reshape(shape)
-
-    def error_bound(self, x: torch.Tensor, seed: int = 0) -> float:
-        """Upper bound on ||decode(encode(x)) - x||_2 for round to nearest (tests, docs)."""
-        rows, d, blk, dp = self.geometry(x.shape)
-        xf = torch.nn.functional.pad(x.reshape(rows, d).float(), (0, dp - d))
-        y = (xf * self.signs(dp, seed, x.device)).view(-1, blk) @ self._hadamard(blk, x.device)
-        scale = (y.abs().amax(dim=1) * (1 + 2 ** -7)).to(torch.bfloat16).float()
-        return float(torch.sqrt((blk * (scale / self.levels) ** 2).sum()))
-
-
-def parse_hquant(spec: str, args: list, flag: str, help_text: str) -> HQuantCodec:
-    """hquant:B[:block][:sr] -> HQuantCodec; ValueError naming `flag` otherwise."""
-    def bad(why):
-        return ValueError(f"{flag} {spec!r}: {why} (allowed: {help_text})")
-    if not args or args[0] not in {str(b) for b in HQUANT_BITS}:
-        raise bad("hquant bits B must be 2, 3, 4 or 8")
-    rest, stochastic = list(args[1:]), False
-    if rest and rest[-1] == "sr":
-        rest, stochastic = rest[:-1], True
-    block = DEFAULT_BLOCK
-    if rest:
-        if len(rest) > 1 or not rest[0].isdigit() or int(rest[0]) < 2 or int(rest[0]) & (int(rest[0]) - 1):
-            raise bad("hquant block must be a power of two >= 2, e.g. hquant:4:64 or hquant:4:128:sr")
-        block = int(rest[0])
-    return HQuantCodec(int(args[0]), block, stochastic, str(spec).strip().lower())

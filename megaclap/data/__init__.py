@@ -1,14 +1,14 @@
 """Data pipeline: Megatron `.bin/.idx` corpora, GPT samples, and few-epoch/online/lazy samplers.
 
-See docs/INTERFACES.md ("Data -> training") and DESIGN.md section 5. The exports below are
-resolved on first use (PEP 562), so tools that only need the numpy parts
-(indexed_dataset, tokenizers) do not import torch.
+See docs/INTERFACES.md ("Data -> training") and DESIGN.md section 5; the data flags
+(DataConfig) are megaclap/config/data.py. The exports below are resolved on first use
+(PEP 562), so tools that only need the numpy parts (indexed_dataset, tokenizers) do not
+import torch.
 """
 
 _EXPORTS = {
     "build_data_sources": "builder", "GlobalBatch": "builder", "BatchSource": "builder",
-    "DataSources": "builder", "DataExhausted": "samplers", "DataConfig": "config",
-    "add_data_args": "config",
+    "DataSources": "builder", "DataExhausted": "samplers",
 }
 
 __all__ = list(_EXPORTS)

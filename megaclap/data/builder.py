@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from megaclap.config.data import parse_data_path, parse_split
 from megaclap.errors import UserFileNotFoundError, UserValueError
 
 from .blended import BlendedDataset, ShardStream
-from .config import parse_data_path
-from .gpt_dataset import MockGPTDataset, build_split_dataset, parse_split
+from .gpt_dataset import MockGPTDataset, build_split_dataset
 from .cache import IndexCache
 from .indexed_dataset import IndexedDataset, bin_path
 from .samplers import (DpShardedEpochSampler, FewEpochSampler, GlobalBatchSampler, LazySchedule,
@@ -37,11 +37,14 @@ class GlobalBatch:
     fresh: False when lazy sampling repeats the previous global batch exactly.
     sample_ids: LongTensor [B/dp], global ids within the split.
     tokens: LongTensor [B/dp, seq_length + 1], or None when tokens are not loaded.
+    drawn_step: the step that drew this batch (the current step when fresh, else the fresh step
+    it repeats); with the sample ids it decides the dropout masks (megaclap/model/dropout.py).
     """
 
     fresh: bool
     sample_ids: torch.Tensor
     tokens: torch.Tensor = None
+    drawn_step: int = 0
 
     def microbatches(self, micro_batch_size):
         """[(tokens [mbs, s+1] | None, sample_ids [mbs])] in order."""
@@ -69,14 +72,15 @@ class BatchSource:
         """This rank's GlobalBatch for the next step (of `global_batch_size` samples over all
         ranks, default the sampler's; set by batch-size ramp-up); DataExhausted at the end."""
         ids, fresh = self.sampler.next(global_batch_size)
+        drawn = self.sampler.drawn
         if not fresh and self._last is not None:
-            return GlobalBatch(False, self._last.sample_ids, self._last.tokens)
+            return GlobalBatch(False, self._last.sample_ids, self._last.tokens, drawn)
         per_rank = len(ids) // self.dp_size
         local = ids[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]   # [B/dp]
         tokens = None
         if self.load_tokens:
             tokens = torch.from_numpy(self.dataset.get_batch(local))         # [B/dp, s+1]
-        self._last = GlobalBatch(fresh, torch.from_numpy(local + self.id_offset), tokens)
+        self._last = GlobalBatch(fresh, torch.from_numpy(local + self.id_offset), tokens, drawn)
         return self._last
 
     @property
@@ -105,12 +109,41 @@ class BatchSource:
         """Rewind to the first batch (e.g. to evaluate on the same batches every time)."""
         self.load_state_dict(_initial_state(self.sampler))
 
+    def eval_batches(self, eval_iters):
+        """The next `eval_iters` batches (an evaluation reads new batches each time)."""
+        for _ in range(eval_iters):
+            yield self.next_batch()
+
+
+class FixedBatchSource:
+    """Every sample of a split in order, as whole global batches, the same on every pass
+    (--full-validation): evaluations of one model read identical tokens and give one loss.
+    The split's last len % global_batch_size samples are left out (fixed shapes)."""
+
+    def __init__(self, dataset, global_batch_size, dp_rank, dp_size, load_tokens=True, id_offset=0):
+        self.dataset, self.global_batch_size = dataset, global_batch_size
+        self.dp_rank, self.dp_size, self.load_tokens = dp_rank, dp_size, load_tokens
+        self.id_offset = id_offset
+        self.num_batches = len(dataset) // global_batch_size
+        if self.num_batches == 0:
+            raise UserValueError(f"--full-validation: the validation split has {len(dataset)} samples, fewer "
+                                 f"than one global batch ({global_batch_size}); change --split")
+
+    def eval_batches(self, eval_iters=None):
+        """All batches of the split from the first (eval_iters is ignored)."""
+        per_rank = self.global_batch_size // self.dp_size
+        for b in range(self.num_batches):
+            start = b * self.global_batch_size + self.dp_rank * per_rank
+            local = np.arange(start, start + per_rank, dtype=np.int64)       # [B/dp]
+            tokens = torch.from_numpy(self.dataset.get_batch(local)) if self.load_tokens else None
+            yield GlobalBatch(True, torch.from_numpy(local + self.id_offset), tokens)
+
 
 def _initial_state(sampler):
     base = sampler.base.state_dict()
     zero = {k: (torch.zeros(0, dtype=torch.int64) if k == "buffer" else 0)
             for k in base if k != "kind"}
-    return {"step": 0, "last_ids": None, "base": {"kind": base["kind"], **zero}}
+    return {"step": 0, "last_ids": None, "drawn": 0, "base": {"kind": base["kind"], **zero}}
 
 
 @dataclass
@@ -174,7 +207,8 @@ def check_vocab(dataset, vocab_size, cache_dir=None):
         raise UserValueError(
             f"--data-path {dataset.prefix}: token id {bad} is outside the model's vocabulary [0, {vocab_size}) "
             "(--vocab-size / the tokenizer's size); train with the tokenizer the data was preprocessed with "
-            "(NullTokenizer's end-of-document id is its --vocab-size, so its vocabulary is --vocab-size + 1)")
+            "(a NullTokenizer dataset built with Megatron-LM's older rule, end-of-document id = "
+            "--vocab-size, needs --legacy-null-tokenizer)")
     return dataset
 
 
@@ -207,8 +241,9 @@ def _train_base_sampler(cfg, dataset, source, batch, seed, schedule, train_iters
     return FewEpochSampler(n, batch, seed, epochs)
 
 
-def _real_datasets(cfg, seq_length, seed, want_eval, vocab_size=None):
-    """(train dataset, online id source, valid dataset, test dataset) from --data-path."""
+def _real_datasets(cfg, seq_length, seed, want_eval, vocab_size=None, full_validation=False):
+    """(train dataset, online id source, valid dataset, test dataset) from --data-path
+    (full_validation: the valid split in file order, blends not wrapped, independent of the seed)."""
     prefixes, weights = parse_data_path(cfg.data_path)
     for p in prefixes:
         if not IndexedDataset.exists(p):
@@ -226,7 +261,8 @@ def _real_datasets(cfg, seq_length, seed, want_eval, vocab_size=None):
         if train is None:
             raise UserValueError(f"--split {cfg.split} leaves no training documents")
         source = RangeSource(len(train))
-    valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed, vocab_size=vocab_size) if want_eval else None
+    valid = _split_dataset(cfg, prefixes, weights, 1, seq_length, seed, online=full_validation,
+                           vocab_size=vocab_size) if want_eval else None
     test = _split_dataset(cfg, prefixes, weights, 2, seq_length, seed, vocab_size=vocab_size) if want_eval else None
     return train, source, valid, test
 
@@ -234,7 +270,7 @@ def _real_datasets(cfg, seq_length, seed, want_eval, vocab_size=None):
 def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_size,
                        dp_rank=0, dp_size=1, train_iters=None, eval_iters=0,
                        eval_interval=None, seed=1234, vocab_size=None, load_tokens=True,
-                       shard_by_dp_rank=False):
+                       shard_by_dp_rank=False, full_validation=False):
     """Train/valid/test BatchSources for one data-parallel rank (see docs/INTERFACES.md).
 
     shard_by_dp_rank=True (AQ-SGD at dp > 1): a few-epoch train split binds each sample to one
@@ -243,6 +279,9 @@ def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_s
     load_tokens=False (middle pipeline stages) yields ids and `fresh` only; eval_iters=0
     skips valid/test. eval_interval is accepted for Megatron parity; evaluation sources
     cycle, so it does not size anything.
+
+    full_validation=True (--full-validation): valid is a FixedBatchSource over the whole split
+    (mock data: eval_iters global batches), read identically at every evaluation.
     """
     data_cfg.validate()
     if global_batch_size % (micro_batch_size * dp_size):
@@ -256,10 +295,12 @@ def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_s
         source = RangeSource(len(train))
         offsets = (0, MOCK_TRAIN_SAMPLES, MOCK_TRAIN_SAMPLES + MOCK_EVAL_SAMPLES)
         weights = parse_split(data_cfg.split)   # a zero-weight split is absent, as Megatron's mock data
-        valid, test = [MockGPTDataset(MOCK_EVAL_SAMPLES, seq_length, vocab_size, seed, off)
-                       if want_eval and w > 0 else None for off, w in zip(offsets[1:], weights[1:])]
+        sizes = (eval_iters * global_batch_size if full_validation else MOCK_EVAL_SAMPLES, MOCK_EVAL_SAMPLES)
+        valid, test = [MockGPTDataset(n, seq_length, vocab_size, seed, off) if want_eval and w > 0 else None
+                       for n, off, w in zip(sizes, offsets[1:], weights[1:])]
     else:
-        train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval, vocab_size)
+        train, source, valid, test = _real_datasets(data_cfg, seq_length, seed, want_eval, vocab_size,
+                                                    full_validation)
     shards = dp_size if shard_by_dp_rank and not data_cfg.online else 1
     base = _train_base_sampler(data_cfg, train, source, global_batch_size, seed, schedule,
                                train_iters, shards)
@@ -268,6 +309,9 @@ def build_data_sources(data_cfg, *, seq_length, micro_batch_size, global_batch_s
     for ds, off in zip((valid, test), offsets[1:]):
         if ds is None:
             sources.append(None)
+            continue
+        if full_validation and ds is valid:
+            sources.append(FixedBatchSource(ds, global_batch_size, dp_rank, dp_size, load_tokens, off))
             continue
         sampler = GlobalBatchSampler(FewEpochSampler(len(ds), global_batch_size, seed),
                                      LazySchedule(seed))

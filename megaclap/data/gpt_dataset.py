@@ -22,28 +22,13 @@ import os
 
 import numpy as np
 
+from megaclap.config.data import parse_split
 from megaclap.errors import UserValueError
 
 from .cache import IndexCache, file_fingerprint
 from .indexed_dataset import IndexedDataset, bin_path, idx_path, read_index_header
 
 SPLIT_NAMES = ("train", "valid", "test")
-
-
-def parse_split(split):
-    """'949,50,1' (or '949/50/1', or '98,2') -> normalised weights [3] summing to 1."""
-    split = split.strip("'\"")   # "--split '99,1,0'" from an unquoted bash array, as Megatron tolerates
-    sep = "," if "," in split else "/"
-    try:
-        parts = [float(s) for s in split.split(sep)]
-    except ValueError:
-        raise ValueError(f"--split {split!r}: expected numbers like 949,50,1") from None
-    if len(parts) > 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
-        raise ValueError(f"--split {split!r}: expected up to three non-negative weights "
-                         "with a positive sum, like 949,50,1")
-    parts += [0.0] * (3 - len(parts))
-    total = sum(parts)
-    return [p / total for p in parts]
 
 
 def split_document_ranges(num_documents, split):

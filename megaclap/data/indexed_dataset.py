@@ -125,36 +125,60 @@ class IndexedDataset:
             self._bin = np.memmap(bpath, dtype=self.dtype, mode="r")
 
     def _check(self, ipath, bpath):
-        """Refuse empty datasets, bad document indices, negative sequence lengths and a .bin
-        shorter than its pointers.
+        """Refuse empty datasets, bad document indices, negative sequence lengths, pointers that
+        do not follow from the lengths, and a .bin whose size is not exactly what they describe.
 
-        The lengths are scanned with plain reads in chunks (4 bytes per sequence, no memmap
-        pages kept); the other checks are O(1).
+        Lengths and pointers are scanned with plain reads in chunks (12 bytes per sequence, no
+        memmap pages kept); the other checks are O(1).
         """
         seqs, docs = len(self.sequence_lengths), self.document_indices
-        end = 0 if seqs == 0 else \
-            int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
-        if seqs == 0 or len(docs) < 2 or end == 0:
+        if seqs == 0 or len(docs) < 2:
             raise IndexedDatasetError(f"{ipath}: empty dataset (S={seqs} sequences, "
                                       f"D={len(docs)} document indices, no tokens)")
         if docs[0] != 0 or docs[-1] > seqs:
             raise IndexedDatasetError(f"{ipath}: bad document indices: they must rise from 0 "
                                       f"to at most S={seqs}")
-        self._check_lengths(ipath, seqs)
+        end = self._check_sequences(ipath, seqs)
+        if end == 0:
+            raise IndexedDatasetError(f"{ipath}: empty dataset (S={seqs} sequences, no tokens)")
         have = os.path.getsize(bpath)
         if have < end:
             raise IndexedDatasetError(f"{bpath}: .bin too short: {have} bytes, but the .idx "
                                       f"pointers need {end}; the .bin is truncated or stale")
+        if have > end:
+            raise IndexedDatasetError(f"{bpath}: .bin is {have} bytes but its .idx describes {end}: the "
+                                      ".bin belongs to another run (or the .idx to an older one); re-run "
+                                      "tools/preprocess_data.py for this prefix")
 
-    def _check_lengths(self, ipath, seqs, chunk=1 << 22):
-        with open(ipath, "rb") as f:
-            f.seek(HEADER_BYTES)
+    def _check_sequences(self, ipath, seqs, chunk=1 << 22):
+        """Scan lengths (non-negative) and pointers (pointer[i] = bytes of the sequences before i,
+        as every MMIDIDX writer lays them out); returns the .bin size they describe."""
+        itemsize, end = self.dtype.itemsize, 0
+        with open(ipath, "rb") as lengths_file, open(ipath, "rb") as pointers_file:
+            lengths_file.seek(HEADER_BYTES)
+            pointers_file.seek(HEADER_BYTES + 4 * seqs)
             for start in range(0, seqs, chunk):
-                part = np.fromfile(f, np.int32, min(chunk, seqs - start))
-                if part.size and part.min() < 0:
-                    i = start + int(np.argmax(part < 0))
-                    raise IndexedDatasetError(f"{ipath}: sequence {i} has negative length {int(part[i - start])}: "
+                n = min(chunk, seqs - start)
+                lengths = np.fromfile(lengths_file, np.int32, n)
+                pointers = np.fromfile(pointers_file, np.int64, n)
+                if lengths.min() < 0:
+                    i = int(np.argmax(lengths < 0))
+                    raise IndexedDatasetError(f"{ipath}: sequence {start + i} has negative length {int(lengths[i])}: "
                                               "the .idx is corrupt; re-run tools/preprocess_data.py")
+                expected = np.empty(n, np.int64)
+                expected[0] = end
+                np.cumsum(lengths[:-1].astype(np.int64) * itemsize, out=expected[1:])
+                expected[1:] += end
+                bad = np.flatnonzero(pointers != expected)
+                if bad.size:
+                    i = int(bad[0])
+                    raise IndexedDatasetError(
+                        f"{ipath}: sequence {start + i} starts at byte {int(pointers[i])} of the .bin, but the "
+                        f"lengths before it put it at {int(expected[i])} ({self.dtype} tokens): the dtype byte or "
+                        "the pointers are corrupt, or the .idx belongs to another .bin; re-run "
+                        "tools/preprocess_data.py")
+                end = int(expected[-1]) + int(lengths[-1]) * itemsize
+        return end
 
     def __len__(self):
         """Number of sequences (S)."""

@@ -89,6 +89,16 @@ class LazySchedule:
         """Number of fresh steps among steps [0, num_steps)."""
         return int(self.fresh_mask(0, num_steps).sum())
 
+    def last_fresh(self, step):
+        """The last fresh step <= `step` by the schedule alone (step 0 is always fresh)."""
+        while step > 0:
+            low = max(0, step - _BLOCK + 1)
+            hits = np.flatnonzero(self.fresh_mask(low, step - low + 1))
+            if len(hits):
+                return low + int(hits[-1])
+            step = low - 1
+        return 0
+
 
 class FewEpochSampler:
     """E epochs over N samples, each epoch a seeded permutation; batches may straddle
@@ -288,14 +298,16 @@ class GlobalBatchSampler:
         self.base, self.schedule = base, schedule
         self.step = 0
         self.last_ids = None
+        self.drawn = 0  # the step that drew last_ids (dropout masks follow it: model/dropout.py)
 
     def next(self, batch=None):
         """(ids int64 [batch or B], fresh) of step `self.step`, then advance (a new batch size
-        always draws fresh)."""
+        always draws fresh). `self.drawn` is then the step that drew the returned batch."""
         fresh = self.schedule.is_fresh(self.step) or self.last_ids is None
         fresh = fresh or (batch is not None and batch != len(self.last_ids))
         if fresh:
             self.last_ids = self.base.next_global(batch)
+            self.drawn = self.step
         self.step += 1
         return self.last_ids, fresh
 
@@ -305,7 +317,7 @@ class GlobalBatchSampler:
 
     def state_dict(self):
         last = None if self.last_ids is None else torch.from_numpy(self.last_ids.copy())
-        return {"step": self.step, "last_ids": last, "base": self.base.state_dict()}
+        return {"step": self.step, "last_ids": last, "drawn": self.drawn, "base": self.base.state_dict()}
 
     def load_state_dict(self, sd):
         if sd["base"]["kind"] != self.base.state_dict()["kind"]:
@@ -313,4 +325,8 @@ class GlobalBatchSampler:
                              "with the same --online setting")
         self.step = int(sd["step"])
         self.last_ids = None if sd["last_ids"] is None else sd["last_ids"].cpu().numpy().copy()
+        # cursors saved before "drawn" existed: the schedule's last fresh step (exact unless a
+        # batch-size change forced a draw since)
+        self.drawn = (int(sd["drawn"]) if "drawn" in sd
+                      else self.schedule.last_fresh(max(self.step - 1, 0)))
         self.base.load_state_dict(sd["base"])

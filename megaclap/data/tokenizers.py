@@ -13,8 +13,10 @@
                                vocab.json + merges.txt (byte-level BPE); eod is
                                tokenizer_config.json's eos_token, else a well-known
                                end-of-text token found in the vocabulary.
-    NullTokenizer              text of space-separated ids, as Megatron's: --vocab-size V
-                               gives vocab_size V + 1 and eod = V.
+    NullTokenizer              text of space-separated ids, as Megatron-LM's since core 0.18
+                               (c9dfe34798): --vocab-size V gives vocab_size V and eod = V - 1;
+                               legacy=True (--legacy-null-tokenizer) keeps the older rule,
+                               vocab_size V + 1 and eod = V, for datasets built with it.
 
 Heavy libraries are imported only when the matching tokenizer is built.
 """
@@ -22,6 +24,7 @@ Heavy libraries are imported only when the matching tokenizer is built.
 import json
 import os
 
+from megaclap.config.data import TOKENIZER_TYPES
 from megaclap.errors import UserFileNotFoundError, UserValueError
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
@@ -38,7 +41,12 @@ class SentencePieceTokenizer:
         if not os.path.isfile(model_file):
             raise UserFileNotFoundError(f"--tokenizer-model {model_file}: no such sentencepiece model")
         self.model_file = model_file
-        self._sp = spm.SentencePieceProcessor(model_file=model_file)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=model_file)
+        except (RuntimeError, OSError) as e:  # "could not parse ModelProto": not a sentencepiece model
+            raise UserValueError(f"--tokenizer-model {model_file}: not a readable sentencepiece model "
+                                 f"({str(e).strip().splitlines()[0]}); point it at the .model file "
+                                 "tools/train_tokenizer.py wrote") from e
         self.vocab_size = self._sp.get_piece_size()
         self.eod = self._sp.eos_id()
         if self.eod < 0:
@@ -77,7 +85,17 @@ def byte_level_bpe(vocab_file, merge_file, vocab_flag="--vocab-file", merge_flag
         if not path or not os.path.isfile(path):
             raise UserFileNotFoundError(f"{flag} {path}: no such file (GPT-2 BPE needs vocab.json "
                                     "and merges.txt)")
-    tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserValueError(f"{vocab_flag} {vocab_file}: not a JSON vocabulary ({e}); point it at GPT-2's "
+                             "vocab.json") from e
+    try:
+        tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    except Exception as e:  # the tokenizers library raises a bare Exception naming the bad line
+        raise UserValueError(f"{merge_flag} {merge_file}: not a BPE merges file for {vocab_file} ({e}); point "
+                             "it at GPT-2's merges.txt") from e
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -100,11 +118,12 @@ class HuggingFaceTokenizer:
     def _load(path):
         from tokenizers import Tokenizer
 
-        if os.path.isfile(path):
-            return Tokenizer.from_file(path)
-        file = os.path.join(path, "tokenizer.json")
+        file = path if os.path.isfile(path) else os.path.join(path, "tokenizer.json")
         if os.path.isfile(file):
-            return Tokenizer.from_file(file)
+            try:
+                return Tokenizer.from_file(file)
+            except Exception as e:  # the tokenizers library raises a bare Exception
+                raise UserValueError(f"--tokenizer-model {file}: not a readable tokenizer.json ({e})") from e
         vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
         if os.path.isfile(vocab) and os.path.isfile(merges):
             return byte_level_bpe(vocab, merges, "--tokenizer-model", "--tokenizer-model")
@@ -115,8 +134,11 @@ class HuggingFaceTokenizer:
         names = []
         config = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(config):
-            with open(config) as f:
-                eos = json.load(f).get("eos_token")
+            try:
+                with open(config) as f:
+                    eos = json.load(f).get("eos_token")
+            except (ValueError, AttributeError) as e:
+                raise UserValueError(f"{config}: not a readable tokenizer_config.json ({e})") from e
             names.append(eos.get("content") if isinstance(eos, dict) else eos)
         for name in [n for n in names if n] + list(_EOS_CANDIDATES):
             tid = self._tok.token_to_id(name)
@@ -148,16 +170,16 @@ class GPT2BPETokenizer(HuggingFaceTokenizer):
 
 
 class NullTokenizer:
-    """Megatron's NullTokenizer: '3 1 4' <-> [3, 1, 4]; vocab_size = V + 1, eod = V."""
+    """Megatron's NullTokenizer: '3 1 4' <-> [3, 1, 4]; vocab_size = V, eod = V - 1
+    (legacy: vocab_size = V + 1, eod = V, Megatron-LM's rule before core 0.18)."""
 
     bos = None
 
-    def __init__(self, vocab_size):
+    def __init__(self, vocab_size, legacy=False):
         if vocab_size is None:
             raise UserValueError("--tokenizer-type NullTokenizer needs --vocab-size")
-        self._vocab_size_without_eod = int(vocab_size)
-        self.eod = self._vocab_size_without_eod
-        self.vocab_size = self._vocab_size_without_eod + 1
+        self.vocab_size = int(vocab_size) + (1 if legacy else 0)
+        self.eod = self.vocab_size - 1
 
     def tokenize(self, text):
         """'3 1 4' -> [3, 1, 4]."""
@@ -168,14 +190,10 @@ class NullTokenizer:
         return " ".join(str(int(x)) for x in ids)
 
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
-                   "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer")
-
-
 def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab_file=None,
-                    merge_file=None):
+                    merge_file=None, legacy_null_tokenizer=False):
     """Tokenizer by Megatron-LM type name (--tokenizer-type, --tokenizer-model, --vocab-size,
-    --vocab-file, --merge-file)."""
+    --vocab-file, --merge-file, --legacy-null-tokenizer)."""
     if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
                           "HuggingFaceTokenizer") and not tokenizer_model:
         raise UserValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model")
@@ -190,5 +208,5 @@ def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None, vocab
             raise UserValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
         return GPT2BPETokenizer(vocab_file, merge_file)
     if tokenizer_type == "NullTokenizer":
-        return NullTokenizer(vocab_size)
+        return NullTokenizer(vocab_size, legacy_null_tokenizer)
     raise UserValueError(f"--tokenizer-type {tokenizer_type}: choose one of {', '.join(TOKENIZER_TYPES)}")

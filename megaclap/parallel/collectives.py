@@ -102,14 +102,17 @@ def scatter_to_tp(x: torch.Tensor, tp: GroupInfo) -> torch.Tensor:
 
 
 # --- pipeline-group collectives: a process group, or an emulated pipeline's in-process group ---
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
 def all_reduce(tensor: torch.Tensor, group, op: str = "sum") -> torch.Tensor:
     """In place over `group` (a GroupInfo's group: None, a process group, or a LocalMember of an
-    emulated pipeline, megaclap.parallel.emulate); op is 'sum' or 'max'."""
+    emulated pipeline, megaclap.parallel.emulate); op is 'sum', 'max' or 'min'."""
     if group is None:
         return tensor
     if isinstance(group, LocalMember):
         return group.all_reduce(tensor, op)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(tensor, op=_OPS[op], group=group)
     return tensor
 
 
@@ -146,7 +149,7 @@ def world_all_reduce(tensor: torch.Tensor, pstate, op: str = "sum") -> torch.Ten
     if local is not None:
         all_reduce(tensor, local.group, op)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=_OPS[op])
     return tensor
 
 

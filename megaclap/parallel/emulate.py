@@ -175,8 +175,9 @@ class LocalMember:
         """In place; the members' values combined in stage order (the same bits on every member)."""
         parts = self.gather(tensor.detach().clone())
         total = parts[0]
+        combine = {"sum": torch.add, "max": torch.maximum, "min": torch.minimum}[op]
         for part in parts[1:]:
-            total = total + part if op == "sum" else torch.maximum(total, part)
+            total = combine(total, part)
         tensor.copy_(total)
         return tensor
 

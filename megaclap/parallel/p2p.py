@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from megaclap.compression.channels import AqsgdStore, Channel
 from megaclap.compression.store import store_path
+from megaclap.errors import UserError
 from megaclap.parallel.emulate import LocalMember
 from megaclap.parallel.simlink import SimLink
 from megaclap.training.timers import Timers
@@ -58,6 +59,8 @@ class StepInfo:
     step: int
     fresh: bool
     measure: bool = True  # senders compute their telemetry error (the trainer: log steps only)
+    drawn: int = 0        # the fresh step that drew this step's batch (== step when fresh)
+    rng_seed: Optional[int] = None  # seed dropout per microbatch from its samples (None: don't)
 
 
 @dataclass
@@ -71,8 +74,9 @@ class Op:
     tag: tuple
 
 
-class PeerTimeout(RuntimeError):
-    """A pipeline neighbour did not answer within --distributed-timeout-minutes."""
+class PeerTimeout(UserError, RuntimeError):
+    """A pipeline neighbour did not answer within --distributed-timeout-minutes (a UserError:
+    the job ends with its one line)."""
 
 
 def dist_transport(group) -> Callable:
@@ -115,7 +119,7 @@ class P2P:
                  link: Optional[SimLink] = None, undo: bool = True):
         """undo: keep what a step changes in Channels and stores until commit(), so rollback()
         can restore it; off when no step can be skipped (no fp16 loss scaler)."""
-        from megaclap.compression.channels import default_bwd_method
+        from megaclap.config.compression import default_bwd_method
         from megaclap.compression.codecs import parse_codec
         self.pstate, self.dtype, self.link, self.undo = pstate, wire_dtype, link, undo
         self.full_shape, self.tp = tuple(shape), pstate.tp_size
@@ -321,6 +325,13 @@ class P2P:
                          info, leaf=True)
 
     # --- the step's commit (after the optimizer's skip decision, identical on all ranks) ---
+    def finite_check(self) -> Optional[torch.Tensor]:
+        """Every Channel's finite check of this step, combined (0-dim fp32 device tensor: 0 if
+        every value sent, received or kept was finite, else NaN; None without checks). No host
+        read: the trainer folds it into the step's one skip flag."""
+        flags = [f for f in (ch.take_finite_check() for ch in self.channels.values()) if f is not None]
+        return torch.stack(flags).sum() if flags else None
+
     def commit(self) -> None:
         """Keep this step's reference/residual/store changes (the optimizer stepped)."""
         for obj in (*self.channels.values(), *self.stores.values()):

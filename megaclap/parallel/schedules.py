@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch.autograd import Variable
 
+from megaclap.model.dropout import microbatch_rng
 from megaclap.parallel import ops
 from megaclap.parallel.ops import Action, in_flight_bound, stage_ops
 from megaclap.parallel.p2p import P2P, StepInfo
@@ -70,10 +71,18 @@ class _Runner:
     """Forward and backward of one microbatch on this stage (compute only; no p2p)."""
 
     def __init__(self, stage, pstate, mbs: list[Microbatch], loss_scale: float, autocast: Callable,
-                 stats: ScheduleStats, grad: bool, timers: Timers):
+                 stats: ScheduleStats, grad: bool, timers: Timers, info: Optional[StepInfo] = None):
         self.stage, self.ps, self.mbs, self.timers = stage, pstate, mbs, timers
         self.scale, self.autocast, self.stats, self.grad = loss_scale, autocast, stats, grad
+        self.info = info
         self.saved: dict = {}
+
+    def _rng(self, i: int):
+        """Dropout of microbatch i drawn from its samples and the fresh step that drew them."""
+        if self.info is None:
+            return nullcontext()
+        info = self.info
+        return microbatch_rng(self.stage, info.rng_seed, info.drawn, self.mbs[i].ids, self.ps.device)
 
     def forward(self, i: int, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """x: the received activation (None on the first stage). Returns the output to send
@@ -82,7 +91,8 @@ class _Runner:
         if ps.is_first_stage:
             x = mb.tokens[:, :-1]
         labels = mb.tokens[:, 1:] if ps.is_last_stage else None
-        with self.timers.phase("forward-compute"), torch.set_grad_enabled(self.grad), self.autocast():
+        with self.timers.phase("forward-compute"), torch.set_grad_enabled(self.grad), self.autocast(), \
+                self._rng(i):
             out = self.stage(x, labels)
             if ps.is_last_stage:
                 loss = out.float().mean()
@@ -167,7 +177,7 @@ def forward_backward(stage, pstate, p2p: Optional[P2P], mbs: list[Microbatch], i
     (scaled by loss_scale / M). Returns the per-microbatch losses on the last stage."""
     stats = ScheduleStats()
     run = _Runner(stage, pstate, mbs, loss_scale, autocast, stats, grad=not forward_only,
-                  timers=timers or Timers(0))
+                  timers=timers or Timers(0), info=info)
     comm = _Comm(p2p, info, mbs, free=not forward_only)
     m, pp, r = len(mbs), pstate.pp_size, pstate.pp_rank
     if forward_only:

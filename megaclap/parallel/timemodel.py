@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from megaclap.parallel.ops import messages, stage_ops
-from megaclap.parallel.simlink import Link, Wires
+from megaclap.config.links import Link
+from megaclap.parallel.simlink import Wires
 
 
 @dataclass

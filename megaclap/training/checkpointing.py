@@ -31,6 +31,8 @@ from megaclap.checkpoint import format as fmt
 from megaclap.parallel.collectives import barrier
 from megaclap.checkpoint.format import (RESHARD_HINT, TRACKER, CheckpointError, iter_dir,  # noqa: F401
                                         rank_dir, read_tracker, write_tracker)
+from megaclap.checkpoint.megatron_files import refuse_megatron_checkpoint
+from megaclap.training import resume_checks
 from megaclap.training.startup import checkpoint_line
 
 # LRScheduler.state_dict keys (Megatron's names) -> the flag that sets each
@@ -89,16 +91,18 @@ class Checkpointer:
         self.cfg, self.ps = cfg, pstate
         self.print = print_fn or (lambda s: print(s, flush=True))
         self.last_saved: Optional[int] = None
+        self.tag = ""  # the job's tag in temporary names (iter_N.tmp-<tag>), set by the entry point
 
     # --- save -------------------------------------------------------------------------------
     def save(self, trainer) -> str:
+        trainer.check_finite()  # never save over the last good checkpoint after a NaN/inf step
         root, ps, it = self.cfg.train.save, self.ps, trainer.iteration
         overwrite = self.cfg.train.overwrite_checkpoint
         started = time.perf_counter()
-        tmp = iter_dir(root, it) + fmt.TMP_SUFFIX
+        tmp = fmt.tmp_dir(root, it, self.tag)
         if ps.rank == 0:
             fmt.check_not_behind(root, it, overwrite, "--overwrite-checkpoint")
-            fmt.prepare(root, it)
+            fmt.prepare(root, it, self.tag)
         barrier(self.ps)
         sub = os.path.join(tmp, rank_dir(ps.tp_rank, ps.pp_rank, ps.pp_size))
         os.makedirs(sub, exist_ok=True)
@@ -107,7 +111,7 @@ class Checkpointer:
         fmt.save_file(self._replica_state(trainer), os.path.join(sub, fmt.replica_file(ps.dp_rank)))
         barrier(self.ps)
         if ps.rank == 0:
-            fmt.commit(root, it, overwrite, "--overwrite-checkpoint")
+            fmt.commit(root, it, overwrite, "--overwrite-checkpoint", tag=self.tag)
         barrier(self.ps)
         self.last_saved = it
         if ps.rank == 0:
@@ -143,10 +147,14 @@ class Checkpointer:
         root = self.cfg.train.load
         if not root:
             return None
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise CheckpointError(f"--load {root} is a file: --load takes the checkpoint directory (the one holding "
+                                  f"{TRACKER} and iter_XXXXXXX/)")
         if self.ps.rank == 0:
             for note in fmt.recover(root):
                 self.print(f" note: {note}")
         barrier(self.ps)
+        refuse_megatron_checkpoint(root)   # Megatron-LM's own checkpoint: one line naming the converter
         it = read_tracker(root)
         if it is None:
             if self.ps.rank == 0:
@@ -155,15 +163,25 @@ class Checkpointer:
         sub = os.path.join(iter_dir(root, it), rank_dir(self.ps.tp_rank, self.ps.pp_rank, self.ps.pp_size))
         path = os.path.join(sub, fmt.MODEL_FILE)
         if not os.path.isfile(path):
-            raise CheckpointError(f"{path} is missing: the checkpoint was saved with another parallel layout; "
-                                  + RESHARD_HINT)
+            raise CheckpointError(self._missing_shard(root, it, path))
         state = fmt.load_file(path, self.ps.device)
         self._check_layout(state, path)
+        saved_args = state.get("args") or {}
+        resume_checks.check_model(saved_args, self.cfg, self.ps.tp_size, root)
+        resume_checks.check_split(saved_args, self.cfg, root)
         trainer.stage.load_state_dict(state["model"])
         if self.cfg.train.finetune:
             return self._report(0, root)
         self._restore_training(trainer, state, sub)
         return self._report(it, root)
+
+    def _missing_shard(self, root: str, it: int, path: str) -> str:
+        ps, saved = self.ps, fmt.saved_layout(iter_dir(root, it))
+        if saved is not None and saved != (ps.tp_size, ps.pp_size):
+            return (f"{path} is missing: the checkpoint was saved with tp={saved[0]} pp={saved[1]}, this run has "
+                    f"tp={ps.tp_size} pp={ps.pp_size}; " + RESHARD_HINT)
+        return (f"{path} is missing: iteration {it} of {root} is incomplete (same layout, tp={ps.tp_size} "
+                f"pp={ps.pp_size}); restore the file, or point {TRACKER} at an earlier complete iteration")
 
     def _check_layout(self, state: dict, path: str) -> None:
         saved = state.get("layout", {})
@@ -214,8 +232,11 @@ class Checkpointer:
             if source is not None:
                 source.load_state_dict(sd)
         if same:
-            if replica["channels"] is not None and trainer.p2p is not None:
+            note = resume_checks.channel_state_note(state.get("args") or {}, self.cfg)
+            if replica["channels"] is not None and trainer.p2p is not None and note is None:
                 trainer.p2p.load_state_dict(replica["channels"])
+            elif note is not None and ps.rank == 0:
+                self.print(f" note: {note}")
             if not t.no_load_rng:
                 set_rng_state(replica["rng_state"])
             return

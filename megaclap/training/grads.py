@@ -6,11 +6,19 @@ GradBuffer, per step (a DDP-style reducer on the explicit dp group):
     start(M)    zero the persistent flat buffers; every p.grad is a view into them, so backward
                 accumulates in place and no gradient is ever copied or concatenated
     backward    a post-accumulate-grad hook counts each parameter's accumulations; once every
-                parameter of a bucket has received its M-th (the last microbatch's) gradient,
-                the bucket is ready, and ready buckets are all-reduced asynchronously in bucket
-                order (the same order on every dp rank) while backward goes on
-    finish()    launch the buckets backward never made ready (unused parameters), wait, divide
-                by dp, then sum the tied word-embedding grads over the embedding group
+                parameter of a bucket has received all of its step's gradients (M times its
+                accumulations per microbatch), the bucket is ready, and ready buckets are
+                all-reduced asynchronously in bucket order (the same order on every dp rank)
+                while backward goes on
+    finish()    check every parameter's count, launch what is left, wait, divide by dp, then
+                sum the tied word-embedding grads over the embedding group
+
+Accumulations per microbatch are learned on the first step, as Megatron-LM's DDP does: that
+step reduces every bucket in finish() (no overlap), and records each parameter's count over M.
+A parameter may accumulate more than once per backward (used in two reentrant-checkpointed
+segments), or never (unused: its bucket does not wait for it). Later steps launch a bucket at
+its parameters' learned counts and finish() asserts the counts, so a parameter that changes
+its count fails loudly instead of being reduced before its last gradient arrived.
 
 Buckets are contiguous slices of one flat buffer per dtype, parameters in reverse registration
 order (roughly the order backward produces their gradients), about BUCKET_BYTES each.
@@ -25,7 +33,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megaclap.parallel.collectives import all_reduce, ordered_sum
+from megaclap.parallel.collectives import all_reduce, ordered_sum, world_all_reduce
 
 BUCKET_BYTES = 32 * 2**20
 
@@ -54,6 +62,8 @@ class GradBuffer:
         for dtype, params in by_dtype.items():
             self._allocate(dtype, params, bucket_bytes)
         self.microbatches, self.counts, self.next_launch, self.active = 1, {}, 0, False
+        self.per_microbatch: Optional[dict] = None  # id(param) -> accumulations per microbatch (learned)
+        self.names = {id(p): n for n, p in stage.named_parameters()}
         self.launch_log: list = []  # (bucket index, hooks fired so far): for tests and benchmarks
         self.hooks_fired = 0
         self._handles = []
@@ -85,8 +95,10 @@ class GradBuffer:
                 p.grad = view  # someone replaced or dropped it: point it back into the buffer
         self.microbatches, self.counts, self.next_launch, self.active = microbatches, {}, 0, True
         self.launch_log, self.hooks_fired = [], 0
-        for b in self.buckets:
-            b.waiting, b.work = len(b.params), None
+        learned = self.per_microbatch
+        for b in self.buckets:  # the first step (nothing learned) launches everything in finish()
+            b.waiting = len(b.params) if learned is None else sum(learned[id(p)] > 0 for p in b.params)
+            b.work = None
 
     def _on_grad(self, p: torch.Tensor) -> None:
         if not self.active:
@@ -94,9 +106,14 @@ class GradBuffer:
         self.hooks_fired += 1
         n = self.counts.get(id(p), 0) + 1
         self.counts[id(p)] = n
-        if n == self.microbatches:  # this parameter's last accumulation of the step
+        if self.per_microbatch is None:
+            return  # first step: only count
+        due = self.per_microbatch[id(p)] * self.microbatches
+        if n == due:  # this parameter's last accumulation of the step
             self.buckets[self.bucket_of[id(p)]].waiting -= 1
             self._launch_ready()
+        elif n > due:
+            raise RuntimeError(self._count_message(p, n))
 
     def _launch_ready(self, force: bool = False) -> None:
         """All-reduce ready buckets asynchronously, strictly in bucket order."""
@@ -108,10 +125,35 @@ class GradBuffer:
             self.launch_log.append((self.next_launch, self.hooks_fired))
             self.next_launch += 1
 
+    def _count_message(self, p: torch.Tensor, n: int) -> str:
+        per = self.per_microbatch[id(p)]
+        return (f"gradient of {self.names.get(id(p), 'a parameter')} accumulated {n} times in "
+                f"{self.microbatches} microbatches, but the first step learned {per} per microbatch "
+                f"({per * self.microbatches} expected): its data-parallel bucket would be reduced with a "
+                "partial gradient (every step must use each parameter equally often)")
+
+    def _check_counts(self) -> None:
+        """First step: learn accumulations per microbatch; later: assert them."""
+        m = self.microbatches
+        if self.per_microbatch is None:
+            uneven = [p for p in self.params if self.counts.get(id(p), 0) % m]
+            if uneven:
+                p = uneven[0]
+                raise RuntimeError(f"gradient of {self.names.get(id(p))} accumulated {self.counts[id(p)]} times "
+                                   f"in {m} microbatches: not the same number of times in every microbatch")
+            self.per_microbatch = {id(p): self.counts.get(id(p), 0) // m for p in self.params}
+            return
+        for p in self.params:
+            n = self.counts.get(id(p), 0)
+            if n != self.per_microbatch[id(p)] * m:
+                raise RuntimeError(self._count_message(p, n))
+
     def finish(self) -> None:
         """Complete the dp average (and the tied-embedding sum) after the step's last backward."""
         self.active = False
         if self.ps.dp.group is not None:
+            if self._handles:
+                self._check_counts()
             self._launch_ready(force=True)
             for b in self.buckets:
                 b.work.wait()
@@ -162,10 +204,13 @@ def clip_grad_norm(stage, pstate, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def unscale_and_check(stage, pstate, scale: float) -> bool:
+def unscale_and_check(stage, pstate, scale: float, extra: Optional[torch.Tensor] = None) -> bool:
     """fp16: divide every grad by the loss scale and test them for inf/nan in one fused pass per
-    dtype; True on every rank if any model-parallel rank overflowed. Its one host read is the
-    step's only sync under fp16 (the optimizer, LR and loss-scale updates depend on it)."""
+    dtype; True on every rank if any model-parallel rank overflowed. `extra` (the pipeline
+    Channels' finite check, NaN when a Channel carried a non-finite value) joins the same flag;
+    it differs between dp replicas, so then the flag is reduced over the whole world. Its one
+    host read is the step's only sync under fp16 (the optimizer, LR and loss-scale updates
+    depend on it)."""
     found = torch.zeros(1, dtype=torch.float32, device=pstate.device)
     inv = torch.full((1,), 1.0 / scale, dtype=torch.float32, device=pstate.device)
     by_dtype: dict = {}
@@ -174,8 +219,20 @@ def unscale_and_check(stage, pstate, scale: float) -> bool:
             by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
     for grads in by_dtype.values():
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
-    all_reduce(found, pstate.mp.group, "max")
-    return bool(found.item())
+    if extra is not None:
+        found += (~torch.isfinite(extra)).float()
+    return bool(any_rank(found, pstate, world=extra is not None).item())
+
+
+def any_rank(flag: torch.Tensor, pstate, world: bool = True) -> torch.Tensor:
+    """MAX of a device flag over the whole job (world=True) or the model-parallel group; in place,
+    no host read. Grads are dp-averaged, so a flag derived from them alone needs only the mp group.
+    In an emulated pipeline the world is its stages, then the processes (world_all_reduce)."""
+    if world and pstate.dp_size > 1:
+        world_all_reduce(flag, pstate, "max")
+    else:
+        all_reduce(flag, pstate.mp.group, "max")
+    return flag
 
 
 def all_reduce_coalesced(tensors: list[torch.Tensor], group, average_over: int = 1,

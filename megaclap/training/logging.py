@@ -16,25 +16,36 @@ def flops_per_token(m, vocab: int) -> float:
 
 
 def format_train_line(it: int, train_iters: int, consumed: int, ms_per_iter: float, tflops: float,
-                      lr: float, gbs: int, loss: float, loss_scale: float, grad_norm: float,
+                      lr: float, gbs: int, loss: float, loss_scale: float, grad_norm: Optional[float],
                       skipped: int, nans: int, tokens_per_s: float, extra: str = "") -> str:
+    """Megatron's training_log line; `grad norm` is left out when the last step was skipped
+    (grad_norm None, as Megatron's optimizer returns for an fp16 overflow)."""
+    norm = f" grad norm: {grad_norm:.3f} |" if grad_norm is not None else ""
     line = (f" {timestamp()} iteration {it:8d}/{train_iters:8d} | consumed samples: {consumed:12d} |"
             f" elapsed time per iteration (ms): {ms_per_iter:.1f} |"
             f" throughput per GPU (TFLOP/s/GPU): {tflops:.3f} | learning rate: {lr:.6E} |"
-            f" global batch size: {gbs:5d} | lm loss: {loss:.6E} | loss scale: {loss_scale:.1f} |"
-            f" grad norm: {grad_norm:.3f} | number of skipped iterations: {skipped:3d} |"
+            f" global batch size: {gbs:5d} | lm loss: {loss:.6E} | loss scale: {loss_scale:.1f} |{norm}"
+            f" number of skipped iterations: {skipped:3d} |"
             f" number of nan iterations: {nans:3d} | tokens per second: {tokens_per_s:.1f} |")
     return line + extra
 
 
 def timestamp() -> str:
-    """Megatron's log-line prefix: [YYYY-MM-DD HH:MM:SS] (local time)."""
-    return datetime.now().strftime("[%Y-%m-%d %H:%M:%S]")
+    """Megatron's log-line prefix: [YYYY-MM-DD HH:MM:SS.ffffff] (local time)."""
+    return datetime.now().strftime("[%Y-%m-%d %H:%M:%S.%f]")
 
 
-def format_validation_line(it: int, loss: float, prefix: str = "validation") -> str:
+def format_validation_line(it: int, loss: float, split: str = "") -> str:
+    """Megatron's evaluate_and_print_results line; split "validation set" / "test set" for the
+    evaluations after training (`... loss at iteration N on test set | ...`)."""
     ppl = math.exp(min(20.0, loss))
-    return f" {prefix} loss at iteration {it} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
+    where = f"iteration {it}" + (f" on {split}" if split else "")
+    return f" validation loss at {where} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
+
+
+def validation_block(line: str) -> list:
+    """The line between two rules of dashes one longer than it, as Megatron prints it."""
+    return ["-" * (len(line) + 1), line, "-" * (len(line) + 1)]
 
 
 class TensorBoard:

@@ -59,7 +59,7 @@ def lr_at(num_steps: float, max_lr: float, min_lr: float, warmup: float, decay: 
 class LRScheduler:
     """Megatron's OptimizerParamScheduler: counts consumed samples (`num_steps`), so the
     schedule is the same for iteration- and sample-based runs and through batch-size ramp-up.
-    `warmup` and `decay` are in samples (megaclap.megatron_checks.lr_horizons)."""
+    `warmup` and `decay` are in samples (megaclap.config.megatron.lr_horizons)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, optim_cfg, warmup: float, decay: float):
         self.optimizer, self.cfg, self.num_steps = optimizer, dataclasses.replace(optim_cfg), 0

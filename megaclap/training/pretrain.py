@@ -10,24 +10,33 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megaclap.arguments import parse_args
-from megaclap.config import ConfigError, MegaclapConfig
+from megaclap.config import ConfigError, MegaclapConfig, parse_args
 from megaclap.errors import EXIT_CODE, UserError, report
 
 
-def resolve_vocab_size(cfg: MegaclapConfig) -> None:
-    """Take --vocab-size from the tokenizer when one is given and the flag is not.
+def resolve_vocab_size(cfg: MegaclapConfig) -> Optional[str]:
+    """Size the model's vocabulary as Megatron-LM does; returns a start-up note when the
+    tokenizer overrides --vocab-size.
 
-    NullTokenizer --vocab-size V has V + 1 ids (its end-of-document id is V), so the model's
-    vocabulary is V + 1, as in Megatron."""
-    if cfg.data.tokenizer_type == "NullTokenizer" and cfg.model.vocab_size is not None:
-        cfg.model.vocab_size += 1
-        return
-    if cfg.model.vocab_size is None and cfg.data.tokenizer_type and not cfg.data.mock_data:
-        from megaclap.data.tokenizers import build_tokenizer
-        d = cfg.data
-        cfg.model.vocab_size = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file,
-                                               d.merge_file).vocab_size
+    NullTokenizer --vocab-size V has V ids (end-of-document id V - 1), as in Megatron-LM since
+    core 0.18; with --legacy-null-tokenizer V + 1 (end-of-document id V), the older rule. Any
+    other tokenizer (with real data) gives its own size: Megatron reads --vocab-size for
+    NullTokenizer only (its Llama script passes --vocab-size 128256 with a HuggingFaceTokenizer)."""
+    d = cfg.data
+    if d.tokenizer_type == "NullTokenizer":
+        if cfg.model.vocab_size is not None:
+            cfg.model.vocab_size += 1 if d.legacy_null_tokenizer else 0
+        return None
+    if not d.tokenizer_type or d.mock_data:
+        return None
+    from megaclap.data.tokenizers import build_tokenizer
+    tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, None, d.vocab_file, d.merge_file)
+    size = tokenizer.vocab_size
+    given, cfg.model.vocab_size = cfg.model.vocab_size, size
+    if given is None or given == size:
+        return None
+    return (f" > --vocab-size {given}: the vocabulary is the tokenizer's, {size} ids (Megatron-LM reads "
+            "--vocab-size for NullTokenizer only)")
 
 
 def setup(argv: Optional[Sequence[str]] = None):
@@ -35,8 +44,10 @@ def setup(argv: Optional[Sequence[str]] = None):
     from megaclap.parallel.state import initialize_distributed
     cfg = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    resolve_vocab_size(cfg)
+    note = resolve_vocab_size(cfg)
     cfg.validate(world_size)
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, flush=True)
     p = cfg.parallel
     pp = 1 if p.pp_emulate else p.pipeline_model_parallel_size  # emulated: a process holds all
     pstate = initialize_distributed(p.tensor_model_parallel_size, pp, p.distributed_timeout_minutes,
@@ -45,29 +56,45 @@ def setup(argv: Optional[Sequence[str]] = None):
 
 
 def run(cfg: MegaclapConfig, pstate, print_fn=None):
-    """Build, resume, train, save and test; returns the Trainer (of the logging stage when the
-    pipeline is emulated: --pp-emulate runs every stage's program in this process)."""
-    pp = cfg.parallel.pipeline_model_parallel_size
-    if cfg.parallel.pp_emulate and pp > 1 and pstate.pp_size == 1:
-        from megaclap.parallel.emulate import run_pipeline
-        trainers = run_pipeline(pstate, pp, lambda view: run(copy.deepcopy(cfg), view, print_fn))
-        return trainers[-1]
+    """Check the outputs (writable; --save locked by this job for the whole run), then build,
+    resume, train, save and test on this rank; returns the Trainer. With --pp-emulate this
+    process runs every stage's program (megaclap.parallel.emulate) under the one claim of its
+    outputs, and returns the last stage's Trainer."""
+    from megaclap.training.preflight import claim_outputs
+    print_fn = print_fn or (lambda s: print(s, flush=True))
+    p = cfg.parallel
+    emulate = p.pp_emulate and p.pipeline_model_parallel_size > 1 and pstate.pp_size == 1
+    if pstate.rank == 0:
+        pp = p.pipeline_model_parallel_size if emulate else pstate.pp_size
+        emulated = " (all stages in each process: --pp-emulate)" if emulate else ""
+        print_fn(f"megaclap: world {pstate.world_size * pp // pstate.pp_size} = tp {pstate.tp_size} x "
+                 f"dp {pstate.dp_size} x pp {pp}{emulated}, device {pstate.device.type}, "
+                 f"{cfg.num_microbatches(pstate.world_size)} microbatches per step")
+    outputs = claim_outputs(cfg, pstate)
+    try:
+        for note in outputs.notes:
+            print_fn(f" note: {note}")
+        if emulate:
+            from megaclap.parallel.emulate import run_pipeline
+            trainers = run_pipeline(pstate, p.pipeline_model_parallel_size,
+                                    lambda view: _train(copy.deepcopy(cfg), view, print_fn, outputs.tag))
+            return trainers[-1]
+        return _train(cfg, pstate, print_fn, outputs.tag)
+    finally:
+        outputs.release()
+
+
+def _train(cfg: MegaclapConfig, pstate, print_fn, tag: str):
     from megaclap.training.checkpointing import Checkpointer
-    from megaclap.training.logging import format_validation_line
+    from megaclap.training.logging import format_validation_line, validation_block
     from megaclap.training.startup import checkpoint_line, startup_summary
     from megaclap.training.trainer import Trainer
-    print_fn = print_fn or (lambda s: print(s, flush=True))
-    if pstate.rank == 0:
-        emulated = " (all stages in each process: --pp-emulate)" if cfg.parallel.pp_emulate else ""
-        print_fn(f"megaclap: world {pstate.world_size} = tp {pstate.tp_size} x dp {pstate.dp_size} x "
-                 f"pp {pstate.pp_size}{emulated}, device {pstate.device.type}, "
-                 f"{cfg.train.global_batch_size // (cfg.train.micro_batch_size * pstate.dp_size)} "
-                 "microbatches per step")
     trainer = Trainer(cfg, pstate, print_fn=print_fn)
     if pstate.rank == 0:
         for line in startup_summary(cfg, trainer):
             print_fn(line)
     checkpointer = Checkpointer(cfg, pstate, print_fn=print_fn)
+    checkpointer.tag = tag
     start = time.perf_counter()
     loaded = checkpointer.load(trainer)
     if loaded is not None and pstate.rank == 0:
@@ -75,10 +102,12 @@ def run(cfg: MegaclapConfig, pstate, print_fn=None):
                                  "weights only" if cfg.train.finetune else "model, optimizer, scheduler, data cursor"))
     trainer.train(checkpointer)
     checkpointer.finish(trainer)
-    if trainer.data.test is not None and cfg.train.eval_iters > 0:
-        loss = trainer.evaluate(trainer.data.test)
-        if pstate.is_logging_rank:
-            print_fn(format_validation_line(trainer.iteration, loss, prefix="test"))
+    for source, split in ((trainer.data.valid, "validation set"), (trainer.data.test, "test set")):
+        if source is not None and cfg.train.eval_iters > 0:   # as Megatron after training
+            loss = trainer.evaluate(source)
+            if pstate.is_logging_rank:
+                for line in validation_block(format_validation_line(trainer.iteration, loss, split)):
+                    print_fn(line)
     return trainer
 
 

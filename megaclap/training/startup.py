@@ -11,8 +11,8 @@ import dataclasses
 
 import torch
 
-from megaclap.flags import flag_name
-from megaclap.habit_flags import habit_notes
+from megaclap.config.flags import flag_name
+from megaclap.config.habit_flags import habit_notes
 
 
 def arguments_block(cfg) -> list:
@@ -38,7 +38,7 @@ def parameter_lines(cfg, tp: int, pp: int) -> list:
     """Parameters of each pipeline stage (over its tp ranks) and of the model, built on the meta
     device (no memory): a tied output layer on the last stage is a copy, counted once in the total."""
     from megaclap.model.gpt import GPTStage
-    from megaclap.model.stages import layer_ranges
+    from megaclap.config.parallel import layer_ranges
     p = cfg.parallel
     ranges = layer_ranges(cfg.model.num_layers, pp, p.decoder_first_pipeline_num_layers,
                           p.decoder_last_pipeline_num_layers)

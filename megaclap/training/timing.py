@@ -40,7 +40,7 @@ from typing import Optional
 
 from megaclap.parallel.collectives import gather_objects
 from megaclap.parallel.ops import stage_ops
-from megaclap.parallel.simlink import Link, parse_conventions, parse_links
+from megaclap.config.links import Link, parse_conventions, parse_links
 from megaclap.parallel.timemodel import OpTime, StageTimes, step_time
 
 SCHEDULE_PHASES = ("forward-compute", "backward-compute", "encode", "decode")

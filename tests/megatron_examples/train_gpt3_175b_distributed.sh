@@ -1,7 +1,8 @@
 #!/bin/bash
 # Megatron-LM examples/gpt3/train_gpt3_175b_distributed.sh (NVIDIA/Megatron-LM@d98e8a64dd) scaled down
-# for tests/test_megatron_flags.py: sizes, counts and intervals shrunk; the data flags swapped for
-# mock data (the test has no GPT-2 BPE files); every other flag as in the original.
+# for tests/test_megatron_flags.py: only sizes, parallel degrees (2 processes: tp 1 x pp 2), batch
+# sizes, iteration counts and intervals changed; every other line as in the original (real data
+# through --vocab-file / --merge-file / --data-path, no --tokenizer-type).
 
 # Runs the "175B" parameter model
 
@@ -61,7 +62,9 @@ MODEL_PARALLEL_ARGS=(
 )
 
 DATA_ARGS=(
-    --mock-data --tokenizer-type NullTokenizer --vocab-size 100
+    --data-path $DATA_PATH 
+    --vocab-file $VOCAB_FILE 
+    --merge-file $MERGE_FILE 
     --split 949,50,1
 )
 

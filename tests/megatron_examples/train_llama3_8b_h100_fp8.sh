@@ -1,7 +1,9 @@
 #!/bin/bash
 # Megatron-LM examples/llama/train_llama3_8b_h100_fp8.sh (NVIDIA/Megatron-LM@d98e8a64dd) scaled down
-# for tests/test_megatron_flags.py: sizes, counts and intervals shrunk, DTYPE="bf16" (megaclap has
-# no FP8: the fp8 branch is an error that says so); every other flag as in the original.
+# for tests/test_megatron_flags.py: sizes, processes (2: data-parallel), batch sizes, sample counts
+# and intervals changed, and two more changes megaclap needs (README "Coming from Megatron-LM"):
+# DTYPE="bf16" (megaclap has no FP8) and no --use-distributed-optimizer (no ZeRO at data-parallel
+# size 2). Every other line as in the original.
 
 # Environment variables for performance tuning
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
@@ -22,7 +24,7 @@ mkdir -p "$(dirname "$CHECKPOINT_PATH")"
 mkdir -p "$(dirname "$TENSORBOARD_LOGS_PATH")"
 
 # Distributed training setup
-GPUS_PER_NODE=1
+GPUS_PER_NODE=2
 NUM_NODES=1
 MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-29500}
@@ -126,7 +128,6 @@ MODEL_PARALLEL_ARGS=(
 # Distributed Data Parallel (DDP) arguments
 # From original script's ddp_args
 DDP_ARGS=(
-    --use-distributed-optimizer
     --overlap-grad-reduce
     --overlap-param-gather
 )
@@ -139,7 +140,7 @@ if [[ "$TOKENIZER_ARG" == "MOCK" ]] || [[ "$DATA_ARG" == "MOCK" ]] || [[ -z "$TO
     DATA_ARGS_LIST+=(
         "--mock-data"
         "--tokenizer-type NullTokenizer"
-        "--vocab-size 100" 
+        "--vocab-size 128256" 
         "--data-cache-path ${DATA_CACHE_PATH}"
         "--tiktoken-pattern v2" 
         "--split '99,1,0'"
@@ -159,7 +160,7 @@ else
         "--no-mmap-bin-files"
         "--num-workers 1"
         # Note: --vocab-size might be inferred by HuggingFaceTokenizer or might need to be explicit.
-        "--vocab-size 100"
+        "--vocab-size 128256"
     )
 fi
 

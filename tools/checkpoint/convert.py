@@ -10,9 +10,11 @@
         --target-tensor-parallel-size 1 --target-pipeline-parallel-size 2
 
 Local folders only (config.json + model.safetensors / pytorch_model.bin); nothing is
-downloaded. `--loader megatron` reads Megatron-LM's legacy torch checkpoints (mcore names,
-any tp x pp, weights only; see megaclap/checkpoint/megatron.py). A megaclap save prints the
-model flags to train or finetune it with.
+downloaded. `--loader megatron` reads Megatron-LM's checkpoints of either format, legacy
+`torch` (mp_rank_*/model_optim_rng.pt) or `torch_dist` (torch.distributed.checkpoint),
+mcore names, any tp x pp, weights only, without Megatron installed; a setting of the run's
+args that megaclap cannot honour fails in one line naming it (megaclap/checkpoint/megatron*.py).
+A megaclap save prints the model flags to train or finetune it with.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError, ModelConfig  # noqa: E402
 from megaclap.checkpoint.format import CheckpointError  # noqa: E402
+from megaclap.errors import run_tool  # noqa: E402
 
 ALWAYS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size", "hidden_dropout",
           "attention_dropout")
@@ -72,9 +75,7 @@ def special_tokens_of(args: dict) -> dict:
     if not known and data.get("tokenizer_type"):
         from megaclap.data.tokenizers import build_tokenizer
         try:
-            vocab = (args.get("model") or {}).get("vocab_size")
-            if data["tokenizer_type"] == "NullTokenizer" and vocab:
-                vocab -= 1  # the model's vocabulary holds NullTokenizer's eod id (V + 1 ids)
+            vocab = (args.get("model") or {}).get("vocab_size")   # NullTokenizer: eod = vocab - 1
             tok = build_tokenizer(data["tokenizer_type"], data.get("tokenizer_model"), vocab,
                                   data.get("vocab_file"), data.get("merge_file"))
         except (OSError, ValueError):
@@ -130,14 +131,17 @@ def convert(args: argparse.Namespace) -> str:
             f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp} and\n  {model_flags(cfg)}")
 
 
-def main(argv=None) -> int:
+def _run(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        print(convert(args), flush=True)
-    except (ConversionError, CheckpointError, ConfigError) as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if os.path.realpath(args.save_dir) == os.path.realpath(args.load_dir):
+        raise ConversionError(f"--save-dir {args.save_dir} is --load-dir: converting in place would overwrite "
+                              "the input; write to another --save-dir")
+    print(convert(args), flush=True)
+
+
+def main(argv=None) -> int:
+    """_run with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("convert", _run, argv, known=(ConversionError, ConfigError))
 
 
 if __name__ == "__main__":

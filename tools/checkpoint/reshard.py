@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from megaclap.checkpoint.keymaps import ConversionError  # noqa: E402
 from megaclap.config import ConfigError  # noqa: E402
-from megaclap.checkpoint.format import CheckpointError  # noqa: E402
+from megaclap.errors import run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,20 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _run(argv=None) -> None:
     from megaclap.checkpoint.reshard import reshard
     args = build_parser().parse_args(argv)
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
-    try:
-        notes = reshard(args.load_dir, args.save_dir, tp, pp, keep_optimizer=not args.no_optimizer,
-                        overwrite=args.overwrite)
-    except (ConversionError, CheckpointError, ConfigError) as e:
-        print(f"reshard: error: {e}", file=sys.stderr)
-        return 2
+    if os.path.realpath(args.save_dir) == os.path.realpath(args.load_dir):
+        raise ConversionError(f"--save-dir {args.save_dir} is --load-dir: resharding in place would replace the "
+                              "checkpoint's shards; write the new layout to another --save-dir")
+    notes = reshard(args.load_dir, args.save_dir, tp, pp, keep_optimizer=not args.no_optimizer,
+                    overwrite=args.overwrite)
     for note in notes:
         print(f" note: {note}")
     print(f"wrote tp={tp} pp={pp} checkpoint to {args.save_dir}", flush=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    """_run with known problems as one line and exit code 2 (the traceback goes to a file)."""
+    return run_tool("reshard", _run, argv, known=(ConversionError, ConfigError))
 
 
 if __name__ == "__main__":

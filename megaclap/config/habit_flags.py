@@ -1,13 +1,21 @@
 """Megatron-LM flags megaclap accepts but that change nothing here, and Megatron features it lacks.
 
-The one list of both, each with its reason. Accepted flags are reported at start-up, one line
-each (`startup.print_habit_flags`); never silently dropped, never an error. A missing feature
-is an error that says so, except at the value where Megatron-LM itself does nothing
-(e.g. --sequence-parallel at tensor-parallel size 1), where it is reported like a habit flag.
+NO_EFFECT and MISSING are the common ones, each with its reason and its own --help line; every
+other flag of Megatron-LM's parser (the shipped list, `megatron_flags.py`) is accepted too,
+hidden from --help behind one summary line, and answered in `megatron_answers.py`. Accepted
+flags are reported at start-up, one line each (`startup.print_habit_flags`); never silently dropped. A missing feature
+is an error (one line: the flag, its Megatron-LM group, what to do instead), except at the value
+where Megatron-LM itself does nothing (e.g. --sequence-parallel at tensor-parallel size 1),
+where it is reported like a habit flag. Old Megatron spellings stay here as aliases
+(--use-legacy-models, --overlap-p2p-communication, --barrier-with-L1-time, ...).
 """
 from __future__ import annotations
 
 import argparse
+import re
+
+from .errors import ConfigError
+from .megatron_flags import NO_EFFECT as NONE, REFUSED, answer, megatron_flags, source
 
 SWITCH, VALUE, VALUES = "switch", "value", "values"   # no value, one value, one or more values
 
@@ -145,29 +153,70 @@ def _dest(flag: str) -> str:
     return "megatron_" + flag.lstrip("-").replace("-", "_")
 
 
+def _nargs_kwargs(nargs: str) -> dict:
+    """argparse kwargs for a listed flag's number of values (any string is accepted)."""
+    if nargs == "0":
+        return dict(action="store_true")
+    if nargs == "1":
+        return {}
+    if nargs.isdigit():
+        return dict(nargs=int(nargs))
+    return dict(nargs="?", const=True) if nargs == "?" else dict(nargs=nargs)
+
+
+def other_megatron_flags(parser: argparse.ArgumentParser) -> list:
+    """The listed Megatron-LM flags the parser does not have yet (MegatronFlag records)."""
+    return [m for flag, m in megatron_flags().items() if flag not in parser._option_string_actions]
+
+
 def add_habit_args(parser: argparse.ArgumentParser) -> None:
-    """The flags above, in two help groups; present in the namespace only when given."""
+    """The flags above, in two help groups, then every other Megatron-LM flag, hidden from --help
+    behind one summary line; all present in the namespace only when given."""
     for title, table in (("Megatron-LM flags with no effect in megaclap", NO_EFFECT),
                          ("Megatron-LM features megaclap lacks (an error unless at the no-op value)", MISSING)):
         group = parser.add_argument_group(title)
         for flag, (kind, reason, *_) in table.items():
             group.add_argument(flag, dest=_dest(flag), default=argparse.SUPPRESS, help=reason, **_KWARGS[kind])
+    others = other_megatron_flags(parser)
+    kinds = [answer(m.flag)[0] for m in others]
+    commit = re.sub(r"\b([0-9a-f]{10})[0-9a-f]{30}\b", r"\1", source())
+    summary = (f"The other {len(others)} flags of Megatron-LM's parser ({commit}) are accepted too: "
+               f"{kinds.count(NONE)} have no effect here (a start-up line each says why), "
+               f"{kinds.count(REFUSED)} are refused in one line naming what megaclap offers instead. "
+               "`python tools/megatron_flag_probe.py --list` prints every answer.")
+    group = parser.add_argument_group("Megatron-LM's other flags", summary)
+    for m in others:
+        group.add_argument(m.flag, dest=_dest(m.flag), default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                           **_nargs_kwargs(m.nargs))
 
 
 def given_habit_flags(ns: argparse.Namespace) -> dict:
     """{flag: value} of the accepted Megatron-only flags that the command line gave."""
-    return {flag: getattr(ns, _dest(flag)) for table in (NO_EFFECT, MISSING) for flag in table
-            if hasattr(ns, _dest(flag))}
+    flags = {**NO_EFFECT, **MISSING, **megatron_flags()}
+    return {flag: getattr(ns, _dest(flag)) for flag in flags if hasattr(ns, _dest(flag))}
+
+
+def _group(flag: str) -> str:
+    m = megatron_flags().get(flag)
+    return f" (Megatron-LM group \"{m.group}\")" if m else ""
+
+
+def _shown_value(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def check_missing_features(given: dict, tp: int, pp: int, dp: int) -> None:
     """Raise ConfigError for a lacking feature asked for at a value where it would act."""
-    from megaclap.config import ConfigError
     for flag, value in given.items():
+        shown = flag if value is True else f"{flag} {_shown_value(value)}"
         if flag in MISSING:
             _, reason, noop = MISSING[flag]
             if noop is None or not _is_noop(noop, value, tp, pp, dp):
-                raise ConfigError(f"{flag}: {reason}")
+                raise ConfigError(f"{shown}{_group(flag)}: {reason}")
+        elif flag not in NO_EFFECT:
+            kind, reason, noop = answer(flag)
+            if kind == REFUSED and _shown_value(value) not in noop:
+                raise ConfigError(f"{shown}{_group(flag)}: {reason}")
 
 
 def _is_noop(noop, value, tp: int, pp: int, dp: int) -> bool:
@@ -183,7 +232,13 @@ def habit_notes(given: dict) -> list:
     """One start-up line per accepted flag, saying why it has no effect."""
     lines = []
     for flag, value in given.items():
-        shown = flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-        reason = NO_EFFECT[flag][1] if flag in NO_EFFECT else "a no-op at this layout, as in Megatron-LM"
+        shown = flag if value is True else f"{flag} {_shown_value(value)}"
+        if flag in NO_EFFECT:
+            reason = NO_EFFECT[flag][1]
+        elif flag in MISSING:
+            reason = "a no-op at this layout, as in Megatron-LM"
+        else:
+            kind, reason, _ = answer(flag)
+            reason = reason if kind == NONE else "a no-op at this value, as in Megatron-LM"
         lines.append(f" > {shown}: accepted, no effect in megaclap: {reason}")
     return lines

@@ -7,6 +7,7 @@ a leading `--flag:` is dropped from the help text. Field `metadata` carries what
 inferred from the type:
 
     flag      the flag name when it is not `--` + name with `-` for `_` (e.g. --pp-fwd-codec)
+    aliases   further spellings of the flag (e.g. Megatron-LM's current and older names)
     nargs     argparse nargs (e.g. 3 for --rampup-batch-size START INCR SAMPLES)
     choices   allowed values, checked by argparse and listed in --help
     metavar   the value's name in --help
@@ -102,7 +103,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str):
                     kwargs[key] = meta[key]
             kwargs["help"] += " (required)" if meta.get("required") else _shown(default)
         kwargs["help"] = kwargs["help"].replace("%", "%%")   # argparse formats help with %
-        group.add_argument(flag_name(f), **kwargs)
+        group.add_argument(flag_name(f), *meta.get("aliases", ()), **kwargs)
     return group
 
 

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-_SUFFIX = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}
-
-
-def _number(text: str) -> int:
-    text = text.strip().upper()
-    scale = _SUFFIX.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
+from .errors import check
+from .units import parse_count
 
 
 def parse_step_schedule(text, seq_length: int) -> list:
@@ -31,7 +26,7 @@ def parse_step_schedule(text, seq_length: int) -> list:
         if ":" not in entry:
             raise ValueError(f"--step-batch-size-schedule entry {entry!r}: expected TOKENS:BATCH")
         tokens, batch = entry.split(":", 1)
-        steps.append((_number(tokens) // seq_length, _number(batch)))
+        steps.append((parse_count(tokens) // seq_length, parse_count(batch)))
     steps.sort()
     if not steps or steps[0][0] != 0:
         raise ValueError(f"--step-batch-size-schedule {text!r}: the first entry must start at 0")
@@ -49,14 +44,14 @@ class BatchSchedule:
         self.rampup, self.steps = rampup, steps
         if rampup is not None:
             start, incr, samples = rampup
-            _need(start > 0 and incr > 0 and samples >= 0, "--rampup-batch-size START INCR SAMPLES must be positive")
+            check(start > 0 and incr > 0 and samples >= 0, "--rampup-batch-size START INCR SAMPLES must be positive")
             diff = global_batch_size - start
-            _need(diff >= 0 and diff % incr == 0, f"--global-batch-size {global_batch_size} minus the ramp-up start "
+            check(diff >= 0 and diff % incr == 0, f"--global-batch-size {global_batch_size} minus the ramp-up start "
                   f"{start} must be a non-negative multiple of the increment {incr} (--rampup-batch-size)")
             self.per_increment = samples / (diff // incr) if diff else 0.0
         sizes = [b for _, b in steps] if steps else ([rampup[0], rampup[1]] if rampup else [])
         for b in sizes + [global_batch_size]:
-            _need(b % unit == 0, f"global batch size {b} (from the batch-size schedule) is not a multiple of "
+            check(b % unit == 0, f"global batch size {b} (from the batch-size schedule) is not a multiple of "
                   f"--micro-batch-size x data-parallel size = {unit}")
 
     def at(self, consumed: int) -> int:
@@ -81,12 +76,6 @@ class BatchSchedule:
         for _ in range(iterations):
             consumed += self.at(consumed)
         return consumed
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        from megaclap.config import ConfigError
-        raise ConfigError(message)
 
 
 def build_batch_schedule(train_cfg, seq_length: int, dp: int) -> BatchSchedule:

@@ -1,13 +1,13 @@
-"""DataConfig: what to read and how to sample it, with Megatron-LM flag names."""
+"""DataConfig: what to read and how to sample it, with Megatron-LM flag names; the parsers of
+--split and --data-path and the tokenizer names (megaclap/data/ reads the data)."""
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from megaclap.flags import add_dataclass_args, from_namespace
+from .flags import add_dataclass_args, from_namespace
 
-from .gpt_dataset import parse_split
-
-from .tokenizers import TOKENIZER_TYPES
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                   "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer")
 
 
 @dataclass
@@ -40,14 +40,17 @@ class DataConfig:
 
     lazy_sampling_prob: Optional[float] = None
     """--lazy-sampling-prob: draw a fresh global batch with this probability per step,
-    else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training."""
+    else repeat the previous one (Clapping's lazy sampling); 1 or unset is ordinary training,
+    0 is refused (see --lazy-sampling-period)."""
 
     lazy_sampling_period: Optional[int] = None
-    """--lazy-sampling-period: draw a fresh global batch every this many steps instead."""
+    """--lazy-sampling-period: draw a fresh global batch every this many steps instead (a period
+    of --train-iters or more repeats the first batch for the whole run)."""
 
     tokenizer_type: Optional[str] = field(default=None, metadata={"choices": TOKENIZER_TYPES})
     """--tokenizer-type: SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer,
-    HuggingFaceTokenizer or NullTokenizer."""
+    HuggingFaceTokenizer or NullTokenizer (GPT2BPETokenizer when --vocab-file or --merge-file
+    is given, as Megatron-LM's pretrain_gpt.py)."""
 
     tokenizer_model: Optional[str] = None
     """--tokenizer-model: sentencepiece .model, or tokenizer.json, or a directory with
@@ -58,6 +61,15 @@ class DataConfig:
 
     merge_file: Optional[str] = None
     """--merge-file: GPT2BPETokenizer's merges.txt."""
+
+    legacy_null_tokenizer: bool = False
+    """--legacy-null-tokenizer: NullTokenizer --vocab-size V as Megatron-LM before core 0.18:
+    V + 1 ids, end-of-document id V (now V ids, end-of-document id V - 1), for datasets built
+    with that rule."""
+
+    def __post_init__(self):
+        if self.tokenizer_type is None and (self.vocab_file or self.merge_file):
+            self.tokenizer_type = "GPT2BPETokenizer"   # Megatron's pretrain_gpt.py default
 
     def validate(self):
         """Raise ValueError with a one-line message naming the flag to change."""
@@ -77,9 +89,10 @@ class DataConfig:
         if self.lazy_sampling_prob is not None and self.lazy_sampling_period is not None:
             raise ValueError("--lazy-sampling-prob and --lazy-sampling-period are exclusive; "
                              "drop one")
-        if self.lazy_sampling_prob is not None and not 0.0 <= self.lazy_sampling_prob <= 1.0:
-            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in [0, 1] "
-                             "(0: the first batch repeats forever)")
+        if self.lazy_sampling_prob is not None and not 0.0 < self.lazy_sampling_prob <= 1.0:
+            raise ValueError(f"--lazy-sampling-prob {self.lazy_sampling_prob}: must be in (0, 1]; 0 would "
+                             "train on the first global batch forever: to do that on purpose (an overfit "
+                             "or error-feedback test) pass --lazy-sampling-period N with N >= --train-iters")
         if self.lazy_sampling_period is not None and self.lazy_sampling_period < 1:
             raise ValueError(f"--lazy-sampling-period {self.lazy_sampling_period}: must be >= 1")
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
@@ -95,6 +108,22 @@ class DataConfig:
     def from_args(cls, args):
         """DataConfig from a namespace parsed with add_data_args (absent flags keep their defaults)."""
         return from_namespace(cls, args)
+
+
+def parse_split(split):
+    """'949,50,1' (or '949/50/1', or '98,2') -> normalised weights [3] summing to 1."""
+    split = split.strip("'\"")   # "--split '99,1,0'" from an unquoted bash array, as Megatron tolerates
+    sep = "," if "," in split else "/"
+    try:
+        parts = [float(s) for s in split.split(sep)]
+    except ValueError:
+        raise ValueError(f"--split {split!r}: expected numbers like 949,50,1") from None
+    if len(parts) > 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"--split {split!r}: expected up to three non-negative weights "
+                         "with a positive sum, like 949,50,1")
+    parts += [0.0] * (3 - len(parts))
+    total = sum(parts)
+    return [p / total for p in parts]
 
 
 def parse_data_path(data_path):

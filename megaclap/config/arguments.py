@@ -1,7 +1,7 @@
 """Command-line parsing with Megatron-LM flag names, generated from the config dataclasses.
 
-Every section's flags come from megaclap.flags.add_dataclass_args (help = the field docstring,
-defaults from the dataclass), plus the Megatron-only flags of megaclap.habit_flags.
+Every section's flags come from flags.add_dataclass_args (help = the field docstring, defaults
+from the dataclass), plus the Megatron-only flags of habit_flags.
 """
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import argparse
 import re
 from typing import Optional, Sequence
 
-from megaclap.compression.config import CompressionConfig, add_compression_args
-from megaclap.config import ConfigError, MegaclapConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
-from megaclap.data.config import DataConfig, add_data_args
-from megaclap.flags import add_dataclass_args, from_namespace, missing_required
-from megaclap.habit_flags import add_habit_args, given_habit_flags
+from .compression import CompressionConfig, add_compression_args
+from .data import DataConfig, add_data_args
+from .errors import ConfigError
+from .flags import add_dataclass_args, from_namespace, missing_required
+from .habit_flags import add_habit_args, given_habit_flags
+from .model import ModelConfig
+from .optim import OptimConfig
+from .parallel import ParallelConfig
+from .run import MegaclapConfig
+from .train import TrainConfig
 
 SECTIONS = (("model", ModelConfig), ("parallel", ParallelConfig), ("optim", OptimConfig), ("train", TrainConfig))
 ALL_SECTIONS = SECTIONS + (("data", DataConfig), ("compression", CompressionConfig))
@@ -44,9 +49,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MegaclapConfig:
     The model-size flags Megatron-LM requires are required here too (ConfigError when missing);
     the dataclasses keep defaults for library use."""
     try:
-        ns = build_parser().parse_args(argv)
-    except argparse.ArgumentError as e:   # a bad value (choices, type); unknown flags still exit with usage
+        ns, unknown = build_parser().parse_known_args(argv)
+    except argparse.ArgumentError as e:   # a bad value (choices, type, missing value)
         raise ConfigError(_value_error(e)) from None
+    if unknown:   # one line, not argparse's usage dump
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(f"unrecognized argument{plural} {' '.join(unknown)}: neither a megaclap nor a "
+                          "Megatron-LM flag (--help lists megaclap's)")
     missing = [flag for _, cls in ALL_SECTIONS for flag in missing_required(cls, ns)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
