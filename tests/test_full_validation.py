@@ -70,3 +70,30 @@ def test_eval_interval_schedule():
     for bad in (["450:25", "0:100"], ["0-100"], ["0:0"]):
         with pytest.raises(ConfigError, match="--eval-interval-schedule"):
             make_trainer(0, 1, tiny_args(extra=["--eval-interval-schedule", *bad]))
+
+
+
+def _steps_then_evaluate(argv, steps: int, load: bool = False, save: bool = False) -> float:
+    from megaclap.training.checkpointing import Checkpointer
+    tr = make_trainer(0, 1, argv)
+    if load:
+        Checkpointer(tr.cfg, tr.ps, print_fn=lambda s: None).load(tr)
+    for _ in range(steps):
+        tr.train_step(tr.data.train.next_batch())
+    if save:
+        Checkpointer(tr.cfg, tr.ps, print_fn=lambda s: None).save(tr)
+    return tr.evaluate()
+
+
+def test_full_validation_saves_and_resumes(tmp_path):
+    """Its source has no cursor: a checkpoint stores None for it and a resume (with or without the
+    flag) evaluates as never stopping. Catches: a save that asks it for a cursor (AttributeError),
+    or a resume that feeds None to a sampled validation source."""
+    ckpt = str(tmp_path / "ckpt")
+    full = tiny_args(extra=["--full-validation", "--eval-iters", "2"])
+    io = ["--save", ckpt, "--load", ckpt]
+    straight = _steps_then_evaluate(full, 2)
+    _steps_then_evaluate(full + io, 1, save=True)
+    assert _steps_then_evaluate(full + io, 1, load=True) == straight
+    plain = [a for a in full if a != "--full-validation"]
+    _steps_then_evaluate(plain + io, 0, load=True)  # a sampled validation source starts afresh

@@ -129,6 +129,13 @@ class FixedBatchSource:
             raise UserValueError(f"--full-validation: the validation split has {len(dataset)} samples, fewer "
                                  f"than one global batch ({global_batch_size}); change --split")
 
+    def state_dict(self) -> None:
+        """No cursor: every pass reads the split from its first batch (checkpoints store None)."""
+        return None
+
+    def load_state_dict(self, sd) -> None:
+        """Nothing to restore; a cursor saved by a run without --full-validation is ignored."""
+
     def eval_batches(self, eval_iters=None):
         """All batches of the split from the first (eval_iters is ignored)."""
         per_rank = self.global_batch_size // self.dp_size

@@ -229,7 +229,7 @@ class Checkpointer:
                                 "per-replica state (data cursor, RNG, Channel references)")
         for key, sd in replica["data"].items():
             source = getattr(trainer.data, key)
-            if source is not None:
+            if source is not None and sd is not None:  # None: --full-validation's source, no cursor
                 source.load_state_dict(sd)
         if same:
             note = resume_checks.channel_state_note(state.get("args") or {}, self.cfg)
