@@ -35,30 +35,11 @@ FORBIDDEN = {"fused multiply-add": re.compile(r"\bfma\.[a-z.]*f(16|32)\b"),
              "approximate reciprocal/exponent": re.compile(r"\b(rcp|ex2|lg2)\.approx\b")}
 
 
-def _round_trip(spec: str, x: torch.Tensor) -> None:
-    """Encode and decode x through the kernel modules' host code (no dispatch)."""
-    from megaclap.compression.codecs import parse_codec
-    from megaclap.compression.kernels import load
-
-    codec, name = parse_codec(spec), spec.split(":")[0]
-    nbytes = codec.payload_nbytes(x.shape, x.dtype)
-    payload = torch.zeros(nbytes, dtype=torch.uint8)
-    if name in ("quant", "hquant"):
-        module = load(f"triton_{name}")
-        module.encode(codec, x, 1)
-        args = (1,) if name == "hquant" else ()
-        module.decode(codec, payload, x.shape, x.dtype, *args)
-    elif name == "randk":
-        load("triton_sparse").randk_encode(codec, x, 1)
-        load("triton_sparse").randk_decode(codec, payload, x.shape, x.dtype, 1)
-    else:
-        load("triton_sparse").topk_encode(codec, x)
-        load("triton_sparse").topk_decode(codec, payload, x.shape, x.dtype)
-
-
 def record_launches(specs: list, dtypes: tuple) -> list:
     """[(jit function, args, kwargs)] of every kernel launch the codecs make on CPU tensors."""
     from triton.runtime.jit import JITFunction
+    from megaclap.compression.codecs import parse_codec
+    from megaclap.compression.kernels import fused_round_trip
 
     calls = []
     original = JITFunction.run
@@ -69,8 +50,11 @@ def record_launches(specs: list, dtypes: tuple) -> list:
     JITFunction.run = record
     try:
         for spec in specs:
+            codec = parse_codec(spec)
             for dtype in dtypes:
-                _round_trip(spec, torch.randn(2, 8, 96).to(dtype))
+                x = torch.randn(2, 8, 96).to(dtype)
+                payload = torch.zeros(codec.payload_nbytes(x.shape, dtype), dtype=torch.uint8)
+                fused_round_trip(codec, x, 1, payload)
     finally:
         JITFunction.run = original
     return calls

@@ -103,6 +103,7 @@ class HQuantCodec(Codec):
         self.levels = (1 << bits) - 1  # L: codes 0..L
         self.mean_scale = bits == 1 and not stochastic  # B = 1, round to nearest: mean |y|
         self._s = {}  # (blk, device) -> Sylvester matrix
+        self._constants = {}  # blk -> constants(blk)
         self._memo = (None, None)  # (key, signs): the sender decodes right after encoding
 
     # ------------------------------------------------------------------ geometry
@@ -127,9 +128,12 @@ class HQuantCodec(Codec):
 
     def constants(self, blk: int) -> tuple:
         """fp32 (k_scale, k_inv, k_dec) for a block of blk (module docstring, "Arithmetic")."""
-        root = math.sqrt(blk)
-        size = 1 / (blk * root) if self.mean_scale else (1 + 2 ** -7) / root
-        return _fp32(size), _fp32(self.levels / (2 * root)), _fp32(2 / (self.levels * root))
+        if blk not in self._constants:
+            root = math.sqrt(blk)
+            size = 1 / (blk * root) if self.mean_scale else (1 + 2 ** -7) / root
+            self._constants[blk] = (_fp32(size), _fp32(self.levels / (2 * root)),
+                                    _fp32(2 / (self.levels * root)))
+        return self._constants[blk]
 
     def _sylvester(self, blk: int, device) -> torch.Tensor:
         key = (blk, torch.device(device))

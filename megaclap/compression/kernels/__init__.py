@@ -68,6 +68,24 @@ def fusable(t, dtype=None, align: int = 1) -> bool:
             and use_kernels(t))
 
 
+def fused_round_trip(codec, x, seed: int = 0, payload=None) -> tuple:
+    """(payload, decoded): x encoded, and `payload` (default: that one) decoded, by the kernels
+    directly, whatever the dispatch rule says (tests, benchmarks, tools/kernel_ptx.py)."""
+    name = codec.spec.split(":")[0]
+    if name in ("randk", "topk"):
+        sparse = load("triton_sparse")
+        encode = getattr(sparse, f"{name}_encode")
+        decode = getattr(sparse, f"{name}_decode")
+        args = (seed,) if name == "randk" else ()
+    else:
+        module = load(f"triton_{name}")
+        encode, decode = module.encode, module.decode
+        args = (seed,) if name == "hquant" else ()
+    encoded = encode(codec, x, *((seed,) if name != "topk" else ()))
+    payload = encoded if payload is None else payload
+    return encoded, decode(codec, payload, x.shape, x.dtype, *args)
+
+
 def load(name: str):
     """Kernel module `name` (triton_quant, triton_hquant, triton_sparse), imported on first use."""
     return importlib.import_module(f"{__name__}.{name}")
