@@ -87,6 +87,16 @@ def test_payload_and_decode_bit_identical_to_torch(mods, spec):
         assert torch.equal(bits(got_x), bits(want_x)), (spec, shape, dtype, i)
 
 
+@pytest.mark.skipif(not CUDA, reason="compares the torch code on CUDA with CPU: needs a GPU")
+@pytest.mark.parametrize("spec", ["quant:4", "quant:8:sr", "hquant:3", "hquant:1", "randk:0.3:scale:q2"])
+def test_torch_code_on_cuda_equals_cpu(spec):
+    """The reference itself is device-independent (IEEE divisions, fixed-order rotation)."""
+    codec = parse_codec(spec)
+    x = tensors((4, 33, 70), torch.bfloat16)[1]
+    on_gpu, on_cpu = reference(codec, x, seed=2), reference(codec, x.cpu(), seed=2)
+    assert torch.equal(on_gpu[0].cpu(), on_cpu[0]) and torch.equal(on_gpu[1].cpu(), on_cpu[1])
+
+
 def test_fp16_tensors_too(mods):
     for spec in ("quant:4", "hquant:3", "randk:0.3:scale:q2"):
         codec = parse_codec(spec)
