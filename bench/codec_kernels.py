@@ -148,7 +148,8 @@ def timing_table(shape, device, reps: int, iters: int) -> list:
                     times[mode].append(secs)
         os.environ.pop("MEGACLAP_CODEC_KERNELS")
         t, f = statistics.median(times["torch"]), statistics.median(times["auto"])
-        rows.append({"codec": spec, "torch_ms": t * 1e3, "fused_ms": f * 1e3, "clone_ms": clone * 1e3,
+        rows.append({"codec": spec, "torch_ms": t * 1e3, "fused_ms": f * 1e3,
+                     "clone_ms": clone * 1e3,
                      "torch_of_clone": clone / t, "fused_of_clone": clone / f})
         print(f"| {spec} | {t * 1e3:.3f} | {f * 1e3:.3f} | {t / f:.1f}x | {100 * clone / t:.1f}% | "
               f"{100 * clone / f:.1f}% |")
@@ -156,7 +157,8 @@ def timing_table(shape, device, reps: int, iters: int) -> list:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--shape", default="8,1024,1024")
     p.add_argument("--reps", type=int, default=7)

@@ -3,10 +3,10 @@ torch reference; their building blocks equal to the torch ops they replace; the 
 and every kernel compiled for sm_90 with no FMA, flush-to-zero or approximate division.
 
 Without CUDA the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
-TRITON_INTERPRET=1 before anything imports triton). The interpreter emulates the kernels in numpy, so it
-checks the arithmetic the kernels are written to do, not the GPU's (docs/DECISIONS.md, "Fused
-codec kernels"); the PTX test checks what the compiler makes of it. With CUDA the same tests
-run compiled on the GPU."""
+TRITON_INTERPRET=1 before anything imports triton). The interpreter emulates the kernels in
+numpy, so it checks the arithmetic the kernels are written to do, not the GPU's
+(docs/DECISIONS.md, "Fused codec kernels"); the PTX test checks what the compiler makes of it.
+With CUDA the same tests run compiled on the GPU."""
 import math
 import os
 import subprocess
@@ -88,7 +88,8 @@ def test_payload_and_decode_bit_identical_to_torch(mods, spec):
 
 
 @pytest.mark.skipif(not CUDA, reason="compares the torch code on CUDA with CPU: needs a GPU")
-@pytest.mark.parametrize("spec", ["quant:4", "quant:8:sr", "hquant:3", "hquant:1", "randk:0.3:scale:q2"])
+@pytest.mark.parametrize("spec", ["quant:4", "quant:8:sr", "hquant:3", "hquant:1",
+                                  "randk:0.3:scale:q2"])
 def test_torch_code_on_cuda_equals_cpu(spec):
     """The reference itself is device-independent (IEEE divisions, fixed-order rotation)."""
     codec = parse_codec(spec)
