@@ -13,7 +13,11 @@ setup(
     # would pull several GB of CUDA wheels on a CPU machine.
     install_requires=["torch>=2.5", "numpy", "sentencepiece", "datasets", "tensorboard", "tqdm"],
     extras_require={
-        "test": ["pytest", "transformers", "safetensors", "matplotlib", "pyyaml"],
+        # triton: the fused codec kernels (CUDA), tested on CPU through Triton's interpreter;
+        # Linux x86_64 wheels only, unpinned so a CUDA torch keeps the triton it pins
+        "test": ["pytest", "transformers", "safetensors", "matplotlib", "pyyaml",
+                 "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        "kernels": ["triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "hf": ["transformers", "safetensors"],
         "plots": ["matplotlib"],
     },

@@ -5,10 +5,16 @@ AdamW) for megaclap's GPT vs a plain single-file PyTorch GPT of the same shape
     python -m bench.model_overhead [--runs 5 --steps 5] [--out bench/results/model_overhead.json]
     python -m bench.model_overhead --dp 2 [--ddp-bucket-size N]  # CPU/gloo: dp=2 vs dp=1, same per-rank batch
     python -m bench.model_overhead --device cuda --size 350m --bf16 [--compile] [--peak-tflops 989]
+    python -m bench.model_overhead --device cuda --size 350m --bf16 --grid 8x1024,16x1024,16x2048
+    python -m bench.model_overhead ... --profile   # + the top ops (CUDA kernels on CUDA) of each step
 
 Steps run the way the training loop runs them: no host sync inside a step (megaclap:
 train_step(sync=False); reference: the loss is not read), one synchronisation per timed run.
 MFU = tokens/s x FLOPs per token (Megatron's formula, megaclap.training.logging) / --peak-tflops.
+--grid runs each micro batch x sequence length (each a fresh pair of models) and names the one
+with the highest megaclap MFU. --profile traces --profile-steps more steps of each model with
+torch.profiler after the timed runs and prints their top ops side by side, by self time (device
+time of the CUDA kernels on CUDA, CPU time of the aten ops on CPU), with call counts per step.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from megaclap.training.logging import flops_per_token
 from megaclap.training.trainer import Trainer
 
 SIZES = {"350m": dict(layers=24, hidden=1024, heads=16, seq=1024, vocab=50304)}  # GPT-2 medium, vocab padded
+DEFAULTS = dict(layers=4, hidden=256, heads=4, seq=256, vocab=8192)
 
 
 def megaclap_trainer(a, device, world: int = 1, rank: int = 0, microbatches: int = 1) -> Trainer:
@@ -81,6 +88,42 @@ def timed(step, steps: int, device) -> float:
     return time.perf_counter() - start
 
 
+def _profile_ops(fn, steps: int, device) -> dict:
+    """{op or kernel name: [calls per step, self ms per step]} over `steps` steps of fn."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        timed(fn, steps, device)
+    out = {}
+    for e in prof.key_averages():
+        on_device = e.device_type.name == "CUDA" if cuda else e.key.startswith("aten::")
+        self_us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if on_device and self_us > 0:
+            out[e.key] = [e.count / steps, self_us / 1e3 / steps]
+    return out
+
+
+def profile_table(fns: dict, steps: int, device, top: int = 25) -> dict:
+    """Print the top ops of each step side by side (by megaclap's self time, then the reference's
+    ops it lacks) and return {model: {name: [calls, ms]}}."""
+    ops = {name: _profile_ops(fn, steps, device) for name, fn in fns.items()}
+    mine, ref = ops["megaclap"], ops["reference"]
+    names = sorted(mine, key=lambda k: -mine[k][1])[:top]
+    names += [k for k in sorted(ref, key=lambda k: -ref[k][1])[:top] if k not in names]
+    what = "CUDA kernels" if device.type == "cuda" else "aten ops (CPU)"
+    print(f"top {what} per step, self time, {steps} profiled steps each:")
+    print("| op | megaclap calls | megaclap ms | reference calls | reference ms |")
+    print("|---|---|---|---|---|")
+    for k in names:
+        m, r = mine.get(k, [0, 0.0]), ref.get(k, [0, 0.0])
+        print(f"| {k[:70]} | {m[0]:g} | {m[1]:.3f} | {r[0]:g} | {r[1]:.3f} |")
+    total = {n: (sum(c for c, _ in v.values()), sum(t for _, t in v.values())) for n, v in ops.items()}
+    for n, (calls, ms) in total.items():
+        print(f"  {n}: {calls:g} ops, {ms:.2f} ms self time per step")
+    return ops
+
+
 def overhead(a, device) -> dict:
     megaclap_fn, trainer = megaclap_step_fn(a, device)
     fns = {"megaclap": megaclap_fn, "reference": reference_step_fn(a, device)}
@@ -104,8 +147,31 @@ def overhead(a, device) -> dict:
     print(f"ratio megaclap / reference: {ratio:.3f} (target >= 0.95) on {name}, h={a.hidden} L={a.layers} "
           f"heads={a.heads} s={a.seq} b={a.mbs} V={a.vocab} bf16={a.bf16} compile={a.compile}; "
           f"MFU against {a.peak_tflops} TFLOP/s")
-    return {"device": name, "tokens_per_s": rates, "median": med, "ratio": ratio, "flops_per_token": fpt,
-            "mfu": mfu}
+    out = {"device": name, "tokens_per_s": rates, "median": med, "ratio": ratio, "flops_per_token": fpt,
+           "mfu": mfu, "mbs": a.mbs, "seq": a.seq}
+    if a.profile:
+        out["profile"] = profile_table(fns, a.profile_steps, device)
+    return out
+
+
+def grid(a, device) -> dict:
+    """overhead() for each micro batch x sequence length of --grid; the best megaclap MFU."""
+    runs = []
+    for cell in a.grid.split(","):
+        a.mbs, a.seq = (int(v) for v in cell.lower().split("x"))
+        print(f"--- micro batch {a.mbs}, sequence {a.seq}")
+        runs.append(overhead(a, device))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    best = max(runs, key=lambda r: r["mfu"]["megaclap"])
+    print("| micro batch | sequence | megaclap tokens/s | megaclap MFU | reference MFU | ratio |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        print(f"| {r['mbs']} | {r['seq']} | {r['median']['megaclap']:.0f} | {100 * r['mfu']['megaclap']:.1f}% | "
+              f"{100 * r['mfu']['reference']:.1f}% | {r['ratio']:.3f} |")
+    print(f"best: micro batch {best['mbs']}, sequence {best['seq']}: megaclap MFU "
+          f"{100 * best['mfu']['megaclap']:.1f}%")
+    return {"grid": runs, "best": {"mbs": best["mbs"], "seq": best["seq"], "mfu": best["mfu"]}}
 
 
 # --- data-parallel scaling on CPU (gloo) -------------------------------------------------------
@@ -169,13 +235,17 @@ def dp_scaling(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--size", choices=sorted(SIZES), default=None, help="a preset shape (overrides the next five)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="a preset shape (the next five flags, where not given, and --mbs 8)")
+    p.add_argument("--hidden", type=int, default=None, help="default 256")
+    p.add_argument("--layers", type=int, default=None, help="default 4")
+    p.add_argument("--heads", type=int, default=None, help="default 4")
+    p.add_argument("--seq", type=int, default=None, help="default 256")
+    p.add_argument("--vocab", type=int, default=None, help="default 8192")
     p.add_argument("--mbs", type=int, default=8)
+    p.add_argument("--grid", default=None, help="micro batch x sequence cells, e.g. 8x1024,16x2048")
+    p.add_argument("--profile", action="store_true", help="top ops/kernels of both steps side by side")
+    p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -188,10 +258,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="bench/results/model_overhead.json")
     a = p.parse_args()
-    for key, value in SIZES.get(a.size, {}).items():
-        setattr(a, key, value)
-    result = {"config": vars(a), "torch": torch.__version__}
-    result.update(dp_scaling(a) if a.dp else overhead(a, torch.device(a.device)))
+    for key, value in {**DEFAULTS, **SIZES.get(a.size, {})}.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    result = {"config": dict(vars(a)), "torch": torch.__version__}
+    device = torch.device(a.device)
+    result.update(dp_scaling(a) if a.dp else grid(a, device) if a.grid else overhead(a, device))
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)

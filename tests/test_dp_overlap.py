@@ -66,6 +66,7 @@ def test_overlapped_dp_reduction_bit_identical_and_launched_during_last_backward
 
 def test_grads_stay_views_when_someone_drops_them():
     tr = make_trainer(0, 1, tiny_args(layers=2))
+    tr.grad_buffer = GradBuffer(tr.stage, tr.ps, flat=True)  # the buffers, as with dp > 1
     p = next(tr.stage.parameters())
     p.grad = None
     tr.train_step(tr.data.train.next_batch())
@@ -151,3 +152,24 @@ def test_an_unused_parameter_does_not_hold_back_its_bucket(toy):
 def test_a_changed_accumulation_count_is_refused(toy):
     for res in toy:
         assert "gradient of twice accumulated" in res["error"] and "learned 2 per microbatch" in res["error"]
+
+
+def test_without_dp_grads_are_fresh_tensors_and_the_steps_bit_identical():
+    """dp = 1: no flat buffers (nothing to reduce); backward creates each grad, as plain PyTorch
+    does. Losses, grad norms and parameters equal the flat buffers' bit for bit over steps of
+    two microbatches (the second accumulates into the first), Llama flavour with GQA too."""
+    for flavour in ("gpt2", "llama"):
+        argv = tiny_args(flavour, layers=2, gbs=4, mbs=2)
+        runs = []
+        for flat in (True, False):
+            tr = make_trainer(0, 1, argv)
+            tr.grad_buffer = GradBuffer(tr.stage, tr.ps, flat=flat)
+            outs = [tr.train_step(tr.data.train.next_batch()) for _ in range(3)]
+            runs.append((outs, {n: p.detach().clone() for n, p in tr.stage.named_parameters()}, tr))
+        (flat_out, flat_params, _), (plain_out, plain_params, plain) = runs
+        pairs = [[(o["loss"], o["grad_norm"]) for o in out] for out in (plain_out, flat_out)]
+        assert pairs[0] == pairs[1]
+        assert all(torch.equal(plain_params[n], flat_params[n]) for n in flat_params)
+        assert not plain.grad_buffer.buffers and make_trainer(0, 1, argv).grad_buffer.flat is False
+        plain.grad_buffer.start(2)
+        assert all(p.grad is None for p in plain.stage.parameters())  # backward creates them

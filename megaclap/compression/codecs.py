@@ -30,6 +30,7 @@ from megaclap.config.codec_spec import parse_codec_spec
 
 from .base import Codec, _as_dtype, _bytes, _numel
 from .bitpack import pack_bits, unpack_bits
+from . import kernels
 from .hquant import HQuantCodec
 from .lowrank import LowRankCodec
 from .shared_random import ROUNDING, chunk_size, rounding_chunks, stream_key
@@ -76,12 +77,13 @@ class QuantCodec(Codec):
     """Symmetric B-bit quantisation with one fp32 absmax scale per channel (last dim).
 
     Levels are the integers -qmax..qmax with qmax = 2**(B-1) - 1 (B=2: -1, 0, 1), stored as
-    q + qmax in B bits (bitpack.py). Per element, in fp32: y = x * (qmax / scale) (one IEEE
-    multiply; 0 where the scale is 0), then q = round(y) (half to even) or, with `:sr`,
+    q + qmax in B bits (bitpack.py). Per element, in fp32: y = x * inv with inv = fp32(1 / scale)
+    * qmax per channel (0 where the scale is 0), then q = round(y) (half to even) or, with `:sr`,
     q = clamp(floor(y + u), -qmax, qmax), u the shared hash's rounding uniform of the element's
     flat index (stream ROUNDING): unbiased, and the same payload on every device. Encode: absmax by
     two read-only reductions, then chunk by chunk (in cache on CPU) scale, round and store the
-    byte codes; decode: one fp32 pass (levels times scale / qmax, cast on store).
+    byte codes; decode: one fp32 pass (levels times fp32(scale / qmax), cast on store). Every step
+    is one IEEE operation, so the fused kernels (kernels/triton_quant.py) repeat it bit for bit.
     """
 
     def __init__(self, bits: int, stochastic: bool, spec: str):
@@ -103,11 +105,14 @@ class QuantCodec(Codec):
         return 4 * self._channels(shape) + math.ceil(_numel(shape) * self.bits / 8)
 
     def encode(self, x, seed=0):
+        if kernels.fusable(x):
+            return kernels.load("triton_quant").encode(self, x, seed)
         d, n = self._channels(x.shape), x.numel()
         xs = x.reshape(-1, d)  # [rows, D]
         # [D] absmax from two read-only reductions (no |x| temporary; aminmax is slower on CPU)
         scale = torch.maximum(xs.amax(dim=0), xs.amin(dim=0).neg()).float().abs_()
-        inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
+        inv = torch.reciprocal(scale).mul_(self.qmax)  # qmax / scale, as the kernels compute it
+        inv = torch.where(scale > 0, inv, torch.zeros_like(scale))
         payload = torch.empty(self.payload_nbytes(x.shape, x.dtype), dtype=torch.uint8, device=x.device)
         payload[: 4 * d] = _bytes(scale)
         if self.bits == 8:  # the codes are the payload's bytes
@@ -136,12 +141,17 @@ class QuantCodec(Codec):
         return codes.add_(self.qmax)
 
     def decode(self, payload, shape, dtype, seed=0):
+        if kernels.fusable(payload, dtype, align=4):
+            return kernels.load("triton_quant").decode(self, payload, shape, dtype)
         d, n = self._channels(shape), _numel(shape)
         scale = _as_dtype(payload[: 4 * d], torch.float32)  # [D]
         codes = unpack_bits(payload[4 * d:], self.bits, n)  # [n] uint8 (B=8: a view, left intact)
         q = (torch.sub(codes, self.qmax) if self.bits == 8 else codes.sub_(self.qmax)).view(torch.int8)
         out = torch.empty(shape, dtype=dtype, device=payload.device)
-        torch.mul(q.view(-1, d), scale / self.qmax, out=out.view(-1, d))  # fp32 math, cast on store
+        # scale / qmax as a tensor division: IEEE on every device (CUDA divides by a Python
+        # scalar as a multiply by its reciprocal, which can differ in the last bit)
+        step = scale / torch.full_like(scale, self.qmax)
+        torch.mul(q.view(-1, d), step, out=out.view(-1, d))  # fp32 math, cast on store
         return out
 
 

@@ -27,18 +27,28 @@ Shared randomness (shared_random.py), from the per-call seed both ends derive: t
 the top bits of the hash of d in [0, Dp) (stream SIGNS); the `:sr` uniforms those of the flat
 index r * Dp + c of the padded [rows, Dp] layout (stream ROUNDING).
 
+Arithmetic (fp32, each step one IEEE operation with a fixed order, so the Triton kernels of
+kernels/triton_hquant.py and torch on any device produce the same payload bit for bit):
+
+    z      = fwht(x * s) per block: butterflies in one fixed order (`fwht`), so z = (x * s) @ S
+             rounded the same way everywhere (a matmul's rounding would be its BLAS's)
+    scale  = bf16(max |z| * k_scale), k_scale = fp32((1 + 2^-7) / sqrt(blk)); B = 1 nearest:
+             bf16(halving_sum |z| * fp32(1 / (blk sqrt(blk)))), the sum in a fixed pairwise order
+    inv    = fp32(1 / scale) * k_inv, k_inv = fp32(L / (2 sqrt(blk))); 0 where the scale is 0
+    u      = (z * inv) + L/2 (two roundings: no fused multiply-add), then round half to even or
+             floor(u + uniform), clamped to [0, L]
+
 Decode is exact arithmetic and so the same on every device: t = q - L/2 is a multiple of 1/2,
 t @ S sums at most blk of them (|sum| <= 4096 * 127.5 < 2^20, a multiple of 1/2: exact in
-fp32 in any order, also as TF32), then one fp32 multiply by f = scale * fp32(2 / (L * sqrt(blk))) (itself
-one multiply), the sign, one cast. Encode's rotation is an fp32 matmul, whose rounding is the
-BLAS's: on another device a value that falls within an ulp of a rounding boundary may get the
-neighbouring code (both ends still decode that payload identically).
+fp32 in any order, also as TF32 or as the kernel's butterflies), then one fp32 multiply by
+f = scale * fp32(2 / (L * sqrt(blk))) (itself one multiply), the sign, one cast.
 """
 
 import math
 
 import torch
 
+from . import kernels
 from .base import Codec, _as_dtype, _bytes
 from .bitpack import pack_bits, unpack_bits
 from .shared_random import ROUNDING, SIGNS, signs, stochastic_floor_, stream_key
@@ -47,6 +57,34 @@ from .shared_random import ROUNDING, SIGNS, signs, stochastic_floor_, stream_key
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _fp32(value: float) -> float:
+    """value rounded to fp32 (so torch and Triton multiply by the same constant)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def fwht(z: torch.Tensor) -> torch.Tensor:
+    """z @ S along dim 1 of z [n, blk] (fp32, blk a power of two), as butterflies in one fixed
+    order: for h = 1, 2, 4, .., blk / 2, each pair (i, i + h) of every group of 2h becomes
+    (a + b, a - b). Every addition is exactly rounded, so any device (and the Triton kernel)
+    doing the same additions gets the same bits; a matmul's order would be its BLAS's."""
+    n, blk = z.shape
+    src, dst, h = z, torch.empty_like(z), 1
+    while h < blk:
+        v, o = src.view(n, blk // (2 * h), 2, h), dst.view(n, blk // (2 * h), 2, h)
+        torch.add(v[:, :, 0], v[:, :, 1], out=o[:, :, 0])
+        torch.sub(v[:, :, 0], v[:, :, 1], out=o[:, :, 1])
+        src, dst, h = dst, src, 2 * h
+    return src
+
+
+def halving_sum(a: torch.Tensor) -> torch.Tensor:
+    """[n, 1] sums of a [n, blk] in one fixed order: a[:, i] + a[:, i + blk / 2], then again."""
+    while a.shape[1] > 1:
+        half = a.shape[1] // 2
+        a = a[:, :half] + a[:, half:]
+    return a
 
 
 def sylvester(n: int, device) -> torch.Tensor:
@@ -65,6 +103,7 @@ class HQuantCodec(Codec):
         self.levels = (1 << bits) - 1  # L: codes 0..L
         self.mean_scale = bits == 1 and not stochastic  # B = 1, round to nearest: mean |y|
         self._s = {}  # (blk, device) -> Sylvester matrix
+        self._constants = {}  # blk -> constants(blk)
         self._memo = (None, None)  # (key, signs): the sender decodes right after encoding
 
     # ------------------------------------------------------------------ geometry
@@ -87,6 +126,15 @@ class HQuantCodec(Codec):
             self._memo = (key, signs(dp, stream_key(seed, SIGNS), device))
         return self._memo[1]
 
+    def constants(self, blk: int) -> tuple:
+        """fp32 (k_scale, k_inv, k_dec) for a block of blk (module docstring, "Arithmetic")."""
+        if blk not in self._constants:
+            root = math.sqrt(blk)
+            size = 1 / (blk * root) if self.mean_scale else (1 + 2 ** -7) / root
+            self._constants[blk] = (_fp32(size), _fp32(self.levels / (2 * root)),
+                                    _fp32(2 / (self.levels * root)))
+        return self._constants[blk]
+
     def _sylvester(self, blk: int, device) -> torch.Tensor:
         key = (blk, torch.device(device))
         if key not in self._s:
@@ -95,21 +143,20 @@ class HQuantCodec(Codec):
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x, seed=0):
+        if kernels.fusable(x):
+            return kernels.load("triton_hquant").encode(self, x, seed)
         rows, d, blk, dp = self.geometry(x.shape)
-        nb, root = dp // blk, math.sqrt(blk)
+        nb = dp // blk
         xf = x.reshape(rows, d).float()  # [rows, D]
         if dp != d:
             xf = torch.nn.functional.pad(xf, (0, dp - d))  # [rows, Dp]
         # pass 1: signs and rotation, z = (x * s) @ S per block (y = z / sqrt(blk))
-        z = (xf * self.signs(dp, seed, x.device)).view(rows * nb, blk)
-        z = z @ self._sylvester(blk, x.device)  # [rows * nb, blk]
+        z = fwht((xf * self.signs(dp, seed, x.device)).view(rows * nb, blk))  # [rows * nb, blk]
         # pass 2: per-(token, block) scale (bf16, the stored value), then quantise with it
-        if self.mean_scale:
-            scale = (z.abs().mean(dim=1, keepdim=True) / root).to(torch.bfloat16)  # [rows * nb, 1]
-        else:
-            amax = z.abs().amax(dim=1, keepdim=True) / root  # [rows * nb, 1]
-            scale = (amax * (1 + 2 ** -7)).to(torch.bfloat16)
-        inv = self.levels / 2 / (scale.float() * root)
+        k_scale, k_inv, _ = self.constants(blk)
+        size = halving_sum(z.abs()) if self.mean_scale else z.abs().amax(dim=1, keepdim=True)
+        scale = (size * k_scale).to(torch.bfloat16)  # [rows * nb, 1]
+        inv = torch.reciprocal(scale.float()).mul_(k_inv)
         inv = torch.where(scale > 0, inv, torch.zeros_like(inv))
         u = z.mul_(inv).add_(self.levels / 2)  # in [0, L] (B = 1 round to nearest: the sign)
         if self.stochastic:
@@ -120,12 +167,14 @@ class HQuantCodec(Codec):
         return torch.cat([_bytes(scale), pack_bits(codes, self.bits)])
 
     def decode(self, payload, shape, dtype, seed=0):
+        if kernels.fusable(payload, dtype, align=2):
+            return kernels.load("triton_hquant").decode(self, payload, shape, dtype, seed)
         rows, d, blk, dp = self.geometry(shape)
         nb = dp // blk
         scale = _as_dtype(payload[: 2 * rows * nb], torch.bfloat16).float().view(rows * nb, 1)
         q = unpack_bits(payload[2 * rows * nb:], self.bits, rows * dp).view(rows * nb, blk)
         t = q.float().sub_(self.levels / 2)  # q - L/2: multiples of 1/2, |t| <= L/2
         z = t @ self._sylvester(blk, payload.device)  # exact sums of halves
-        f = scale.mul_(float(torch.tensor(2 / (self.levels * math.sqrt(blk)), dtype=torch.float32)))
+        f = scale.mul_(self.constants(blk)[2])
         x = z.mul_(f).view(rows, dp).mul_(self.signs(dp, seed, payload.device))[:, :d]
         return x.to(dtype).reshape(shape)

@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from . import kernels
 from .base import Codec, _as_dtype, _bytes, _numel
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .shared_random import RANDK, below, chunk_size, stream_key
@@ -60,13 +61,15 @@ class _Levels:
         v = values.float()
         scale = torch.zeros(-(-n // CHUNK), device=v.device)
         scale.scatter_reduce_(0, chunk, v.abs(), "amax")  # max: order-free, deterministic
-        inv = torch.where(scale > 0, self.qmax / scale, torch.zeros_like(scale))
+        inv = torch.reciprocal(scale).mul_(self.qmax)  # qmax / scale, as the kernels compute it
+        inv = torch.where(scale > 0, inv, torch.zeros_like(scale))
         codes = v.mul_(inv[chunk]).round_().add_(self.qmax).to(torch.uint8)
         return scale, pack_bits(codes, self.bits)
 
     def decode(self, scale: torch.Tensor, packed: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         q = unpack_bits(packed, self.bits, chunk.numel()).float().sub_(self.qmax)
-        return q.mul_((scale / self.qmax)[chunk])  # fp32 [k]
+        step = scale / torch.full_like(scale, self.qmax)  # IEEE on every device (codecs.QuantCodec)
+        return q.mul_(step[chunk])  # fp32 [k]
 
 
 class TopKCodec(Codec):
@@ -117,6 +120,8 @@ class TopKCodec(Codec):
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def encode(self, x, seed=0):
+        if self.levels is None and kernels.fusable(x):
+            return kernels.load("triton_sparse").topk_encode(self, x)
         flat = x.reshape(-1)  # [n]
         n = flat.numel()
         pos = self.select(flat)  # [k]
@@ -130,6 +135,8 @@ class TopKCodec(Codec):
                           pack_bits(local[split:], width), codes])
 
     def decode(self, payload, shape, dtype, seed=0):
+        if self.levels is None and kernels.fusable(payload, dtype, align=dtype.itemsize):
+            return kernels.load("triton_sparse").topk_decode(self, payload, shape, dtype)
         n = _numel(shape)
         k, chunk = self.num_kept(n), self._chunk_of(n, payload.device)
         head, tail, width = self._index_nbytes(n)
@@ -195,6 +202,9 @@ class RandKCodec(Codec):
             self._memo = (key, (below(lengths, stream_key(seed, RANDK)).add_(starts), lengths))
         return self._memo[1]
 
+    def num_kept(self, n: int) -> int:
+        return ceil_frac(self.ratio, n)
+
     def indices(self, n: int, seed: int, device) -> torch.Tensor:
         """The k positions for this seed, ascending: identical on every device."""
         return self._draw(n, seed, device)[0]
@@ -205,6 +215,8 @@ class RandKCodec(Codec):
         return k * _itemsize(dtype) if self.levels is None else self.levels.nbytes(n, k)
 
     def encode(self, x, seed=0):
+        if kernels.fusable(x):
+            return kernels.load("triton_sparse").randk_encode(self, x, seed)
         flat = x.reshape(-1)
         pos = self.indices(flat.numel(), seed, x.device)
         if self.levels is None:
@@ -213,6 +225,8 @@ class RandKCodec(Codec):
         return torch.cat([_bytes(scale), codes])
 
     def decode(self, payload, shape, dtype, seed=0):
+        if kernels.fusable(payload, dtype, align=4 if self.levels else dtype.itemsize):
+            return kernels.load("triton_sparse").randk_decode(self, payload, shape, dtype, seed)
         n = _numel(shape)
         pos, lengths = self._draw(n, seed, payload.device)
         if self.levels is None:

@@ -74,9 +74,11 @@ class Attention(nn.Module):
         b, s, _ = x.shape
         per_group = self.nh // self.ng
         qkv = self.linear_qkv(x).view(b, s, self.ng, per_group + 2, self.hd)
-        q = qkv[:, :, :, :per_group].reshape(b, s, self.nh, self.hd).transpose(1, 2)  # (b, nh, s, hd)
-        k = qkv[:, :, :, per_group].transpose(1, 2)                                   # (b, ng, s, hd)
-        v = qkv[:, :, :, per_group + 1].transpose(1, 2)
+        # split, not indexing: its backward is one concatenation, where three index ops would
+        # each zero-fill a qkv-sized gradient, copy into it, and add the three up
+        q, k, v = qkv.split([per_group, 1, 1], dim=3)
+        q = q.reshape(b, s, self.nh, self.hd).transpose(1, 2)  # (b, nh, s, hd)
+        k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)  # (b, ng, s, hd)
         offset = 0 if kv_cache is None else kv_cache.get("len", 0)
         if self.rotary is not None:
             cos, sin = self.rotary(s, x.device, offset)

@@ -23,6 +23,11 @@ its count fails loudly instead of being reduced before its last gradient arrived
 Buckets are contiguous slices of one flat buffer per dtype, parameters in reverse registration
 order (roughly the order backward produces their gradients), about BUCKET_BYTES each.
 
+Without data parallelism there is nothing to reduce, and the buffers would only cost a memset
+and an in-place add of every gradient each step; so by default (flat=None) they exist only with
+a dp group. Without them start() sets every p.grad to None and backward creates the grads, as
+plain PyTorch's zero_grad(set_to_none=True) does: the same values (0 + g = g), less traffic.
+
 Nothing here reads a value back to the host except `unscale_and_check` (fp16 only): the norm
 and the clipping coefficient stay device tensors.
 """
@@ -47,10 +52,14 @@ class _Bucket:
 class GradBuffer:
     """Persistent gradient buffers of one stage and their data-parallel reduction."""
 
-    def __init__(self, stage: torch.nn.Module, pstate, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True):
+    def __init__(self, stage: torch.nn.Module, pstate, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True,
+                 flat: Optional[bool] = None):
         if bucket_bytes <= 0:
             raise ValueError(f"gradient bucket size must be positive, got {bucket_bytes} bytes (--ddp-bucket-size)")
         self.stage, self.ps, self.overlap = stage, pstate, overlap
+        self.flat = pstate.dp.group is not None if flat is None else flat
+        if pstate.dp.group is not None and not self.flat:
+            raise ValueError("a data-parallel gradient reduction needs the flat buffers (flat=True)")
         self.params = [p for p in stage.parameters() if p.requires_grad]
         self.buffers: list[torch.Tensor] = []
         self.buckets: list[_Bucket] = []
@@ -59,7 +68,7 @@ class GradBuffer:
         by_dtype: dict = {}
         for p in reversed(self.params):
             by_dtype.setdefault(p.dtype, []).append(p)
-        for dtype, params in by_dtype.items():
+        for dtype, params in by_dtype.items() if self.flat else ():
             self._allocate(dtype, params, bucket_bytes)
         self.microbatches, self.counts, self.next_launch, self.active = 1, {}, 0, False
         self.per_microbatch: Optional[dict] = None  # id(param) -> accumulations per microbatch (learned)
@@ -86,12 +95,15 @@ class GradBuffer:
 
     # --- per step -------------------------------------------------------------------------------
     def start(self, microbatches: int) -> None:
-        """Zero the grads (as views into the buffers) before a step of `microbatches` backwards."""
+        """Zero the grads (as views into the buffers; None without them) before a step of
+        `microbatches` backwards."""
         for flat in self.buffers:
             flat.zero_()
         for p in self.params:
-            view = self.views[id(p)]
-            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+            view = self.views.get(id(p))
+            if view is None:
+                p.grad = None
+            elif p.grad is None or p.grad.data_ptr() != view.data_ptr():
                 p.grad = view  # someone replaced or dropped it: point it back into the buffer
         self.microbatches, self.counts, self.next_launch, self.active = microbatches, {}, 0, True
         self.launch_log, self.hooks_fired = [], 0
@@ -151,6 +163,9 @@ class GradBuffer:
     def finish(self) -> None:
         """Complete the dp average (and the tied-embedding sum) after the step's last backward."""
         self.active = False
+        for p in self.params if not self.flat else ():
+            if p.grad is None:  # unused this step: a zero grad, as in the buffers
+                p.grad = torch.zeros_like(p)
         if self.ps.dp.group is not None:
             if self._handles:
                 self._check_counts()
@@ -163,7 +178,7 @@ class GradBuffer:
         sum_tied_embedding(self.stage, self.ps)
 
     def grads(self) -> list[torch.Tensor]:
-        return [self.views[id(p)] for p in self.params]
+        return [self.views[id(p)] if self.flat else p.grad for p in self.params]
 
     def remove_hooks(self) -> None:
         for h in self._handles:
